@@ -1,0 +1,265 @@
+"""RabbitMQ I/O: one robust connection per process, a confirmed publisher, a consumer runner.
+
+The publisher waits for the broker's confirm on every message (persistent, `mandatory`, returns
+raise) within a timeout, so a caller that gets no exception knows the message is in a queue.
+The consumer acks manually with a bounded prefetch and drains in-flight work on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from prometheus_client import Counter, Histogram
+
+from civicline.common.envelope import CONTENT_TYPE, Envelope
+from civicline.common.retry import retry_forever
+from civicline.common.settings import redact_url
+from civicline.common.topology import EXCHANGE, QueueSpec, declare
+
+log = structlog.get_logger(__name__)
+
+CORRELATION_HEADER = "x-correlation-id"
+KIND_HEADER = "x-civicline-kind"
+
+PUBLISHED = Counter(
+    "civicline_published_total",
+    "Messages published with a broker confirm",
+    ["routing_key", "outcome"],
+)
+CONSUMED = Counter("civicline_consumed_total", "Messages consumed", ["queue", "outcome"])
+HANDLE_SECONDS = Histogram("civicline_handle_seconds", "Time to handle one message", ["queue"])
+
+
+class PublishFailed(Exception):
+    """The broker did not confirm the message: unreachable, nacked, unroutable or too slow."""
+
+
+class PoisonMessage(Exception):
+    """A message that can never be processed; it is dead-lettered, never requeued."""
+
+
+class Broker:
+    """The process's one robust AMQP connection, established in the background with retries."""
+
+    def __init__(self, url: str, *, connection_name: str, reconnect_interval: float = 1.0) -> None:
+        self._url = url
+        self._name = connection_name
+        self._reconnect_interval = reconnect_interval
+        self._connection: AbstractRobustConnection | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._connect(), name=f"amqp-connect-{self._name}")
+
+    async def _connect(self) -> None:
+        async def attempt() -> AbstractRobustConnection:
+            return await aio_pika.connect_robust(
+                self._url,
+                client_properties={"connection_name": self._name},
+                reconnect_interval=self._reconnect_interval,
+                timeout=10,
+            )
+
+        self._connection = await retry_forever(attempt, what=f"rabbitmq {redact_url(self._url)}")
+        log.info("amqp_connected", broker=redact_url(self._url))
+        self._connected.set()
+
+    async def connection(self) -> AbstractRobustConnection:
+        """The connection, waiting for the first successful connect."""
+        self.start()
+        await self._connected.wait()
+        assert self._connection is not None
+        return self._connection
+
+    @property
+    def is_ready(self) -> bool:
+        conn = self._connection
+        return conn is not None and not conn.is_closed and conn.connected.is_set()
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._connection is not None:
+            await self._connection.close()
+
+
+class Publisher:
+    """Publishes with publisher confirms; every failure surfaces as PublishFailed."""
+
+    def __init__(self, broker: Broker, *, timeout: float) -> None:
+        self._broker = broker
+        self._timeout = timeout
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ensure_exchange(self) -> AbstractExchange:
+        if self._exchange is not None:
+            return self._exchange
+        async with self._lock:
+            if self._exchange is None:
+                connection = await self._broker.connection()
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                await declare(channel)
+                self._channel = channel
+                self._exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+        return self._exchange
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        correlation_id: str,
+        content_type: str,
+        headers: Mapping[str, Any] | None = None,
+        timestamp: datetime | None = None,
+    ) -> None:
+        if not self._broker.is_ready:
+            PUBLISHED.labels(routing_key, "unavailable").inc()
+            raise PublishFailed("broker connection is not open")
+        message = aio_pika.Message(
+            body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            content_type=content_type,
+            timestamp=timestamp,
+            headers={
+                **(headers or {}),
+                CORRELATION_HEADER: correlation_id,
+                KIND_HEADER: routing_key,
+            },
+        )
+        try:
+            exchange = await asyncio.wait_for(self._ensure_exchange(), self._timeout)
+            await exchange.publish(message, routing_key, mandatory=True, timeout=self._timeout)
+        except Exception as exc:
+            PUBLISHED.labels(routing_key, "failed").inc()
+            raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc
+        PUBLISHED.labels(routing_key, "confirmed").inc()
+
+    async def publish_envelope(self, envelope: Envelope) -> None:
+        await self.publish(
+            envelope.kind,
+            envelope.encode(),
+            message_id=str(envelope.event_id),
+            correlation_id=envelope.correlation_id,
+            content_type=CONTENT_TYPE,
+            timestamp=envelope.occurred_at,
+        )
+
+
+MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+class Consumer:
+    """Consumes one queue with manual acks and a bounded prefetch.
+
+    The handler returning means the message's effect is durable: it is acked. `PoisonMessage`
+    rejects it without requeue, so the broker dead-letters it. Any other exception is taken as
+    transient: after a pause the message is requeued, and the queue's delivery limit
+    dead-letters it if it keeps failing.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        spec: QueueSpec,
+        handler: MessageHandler,
+        *,
+        prefetch: int,
+        retry_pause: float = 1.0,
+    ) -> None:
+        self._broker = broker
+        self._spec = spec
+        self._handler = handler
+        self._prefetch = prefetch
+        self._retry_pause = retry_pause
+        self._queue: AbstractQueue | None = None
+        self._channel: AbstractChannel | None = None
+        self._tag: str | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def is_consuming(self) -> bool:
+        return self._tag is not None and self._broker.is_ready
+
+    async def start(self) -> None:
+        connection = await self._broker.connection()
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        declared = await declare(channel)
+        self._channel = channel
+        self._queue = declared.queues[self._spec.name]
+        self._tag = await self._queue.consume(self._deliver)
+        log.info("consuming", queue=self._spec.name, prefetch=self._prefetch)
+
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+        queue = self._spec.name
+        try:
+            with HANDLE_SECONDS.labels(queue).time():
+                await self._handler(message)
+        except PoisonMessage as exc:
+            CONSUMED.labels(queue, "dead_lettered").inc()
+            log.error(
+                "message_dead_lettered", queue=queue, reason=str(exc), message_id=message.message_id
+            )
+            await self._settle(message.reject(requeue=False))
+        except Exception:
+            CONSUMED.labels(queue, "requeued").inc()
+            log.exception("message_failed_will_retry", queue=queue, message_id=message.message_id)
+            await asyncio.sleep(self._retry_pause)
+            await self._settle(message.nack(requeue=True))
+        else:
+            CONSUMED.labels(queue, "acked").inc()
+            await self._settle(message.ack())
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    @staticmethod
+    async def _settle(settlement: Awaitable[None]) -> None:
+        # The channel may have died while we worked: the broker then redelivers the message
+        # to another consumer, and our consumers are idempotent, so nothing is lost.
+        try:
+            await settlement
+        except Exception as exc:
+            log.warning("settle_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking messages, let in-flight ones finish (up to `timeout`), close the channel."""
+        if self._queue is not None and self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+            self._tag = None
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning("drain_timeout", queue=self._spec.name, in_flight=self._in_flight)
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()

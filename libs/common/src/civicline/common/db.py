@@ -1,0 +1,23 @@
+"""Postgres connection pool, connected with retries so a database that is down at start waits."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from civicline.common.retry import retry_forever
+from civicline.common.settings import redact_url
+
+
+async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    async def attempt() -> asyncpg.Pool:
+        return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10)
+
+    pool: asyncpg.Pool = await retry_forever(attempt, what=f"postgres {redact_url(dsn)}")
+    return pool
+
+
+async def pool_is_ready(pool: asyncpg.Pool | None) -> bool:
+    if pool is None:
+        return False
+    async with pool.acquire(timeout=2) as connection:
+        return bool(await connection.fetchval("SELECT true", timeout=2))

@@ -1,0 +1,100 @@
+"""What a consuming service (router, responder, audit) runs: broker, database pool, publisher
+and one queue consumer, started in the background and torn down in the right order.
+
+The service's HTTP server (health, metrics) is up at once; the consumer starts only when
+both RabbitMQ and Postgres are reachable, so a dependency that is down at start makes the
+service wait (readiness red) instead of exiting. On shutdown the consumer stops taking
+messages and drains in-flight ones before the pool and the connection close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from civicline.common.amqp import Broker, Consumer, MessageHandler, Publisher
+from civicline.common.db import connect_pool, pool_is_ready
+from civicline.common.health import add_health_routes, register_readiness
+from civicline.common.settings import Settings
+from civicline.common.topology import QueueSpec
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Runtime:
+    settings: Settings
+    broker: Broker
+    publisher: Publisher
+    pool: asyncpg.Pool
+
+
+HandlerFactory = Callable[[Runtime], Awaitable[MessageHandler]]
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def create_consumer_app(
+    settings: Settings,
+    spec: QueueSpec,
+    build_handler: HandlerFactory,
+    *,
+    prefetch: int | None = None,
+) -> web.Application:
+    """An aiohttp app serving health and metrics that consumes `spec` with `build_handler`'s
+    handler once its dependencies are reachable."""
+    app = web.Application()
+    add_health_routes(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        broker = Broker(settings.amqp_url, connection_name=f"civicline-{settings.service_name}")
+        broker.start()
+        publisher = Publisher(broker, timeout=settings.publish_timeout)
+        state: dict[str, object] = {}
+
+        async def start() -> None:
+            pool = await connect_pool(settings.database_url)
+            state["pool"] = pool
+            runtime = Runtime(settings, broker, publisher, pool)
+            app[RUNTIME] = runtime
+            handler = await build_handler(runtime)
+            consumer = Consumer(broker, spec, handler, prefetch=prefetch or settings.prefetch)
+            await consumer.start()
+            state["consumer"] = consumer
+
+        async def broker_ready() -> bool:
+            return broker.is_ready
+
+        async def database_ready() -> bool:
+            pool = state.get("pool")
+            return await pool_is_ready(pool if isinstance(pool, asyncpg.Pool) else None)
+
+        async def consuming() -> bool:
+            consumer = state.get("consumer")
+            return isinstance(consumer, Consumer) and consumer.is_consuming
+
+        register_readiness(app, "rabbitmq", broker_ready)
+        register_readiness(app, "postgres", database_ready)
+        register_readiness(app, "consuming", consuming)
+        starter = asyncio.create_task(start(), name=f"start-{spec.name}")
+        yield
+        if not starter.done():
+            starter.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await starter
+        consumer = state.get("consumer")
+        if isinstance(consumer, Consumer):
+            await consumer.stop(settings.shutdown_timeout)
+        pool = state.get("pool")
+        if isinstance(pool, asyncpg.Pool):
+            await pool.close()
+        await broker.close()
+        log.info("stopped", queue=spec.name)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,197 @@
+"""Configuration from the environment (12-factor); every secret can also come from a file.
+
+`Settings.from_env` takes a mapping so tests pass a plain dict. A secret `NAME` may be given
+as `NAME_FILE`, a path whose contents (stripped) are the value — how Kubernetes mounts secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/civicline"
+DEFAULT_GRAPH_API_BASE_URL = "http://127.0.0.1:8090"
+DEFAULT_GRAPH_API_VERSION = "v25.0"
+
+SECRET_NAMES = frozenset(
+    {
+        "WHATSAPP_APP_SECRET",
+        "WHATSAPP_VERIFY_TOKEN",
+        "WHATSAPP_ACCESS_TOKEN",
+        "CIVICLINE_AMQP_URL",
+        "CIVICLINE_DATABASE_URL",
+    }
+)
+
+
+class SettingsError(ValueError):
+    """The environment does not describe a runnable service; the message lists every problem."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, safe for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a civicline process can be configured with. Secrets never appear in repr."""
+
+    app_secrets: tuple[str, ...] = field(default=(), repr=False)
+    verify_token: str = field(default="", repr=False)
+    access_token: str = field(default="", repr=False)
+    graph_api_base_url: str = DEFAULT_GRAPH_API_BASE_URL
+    graph_api_version: str = DEFAULT_GRAPH_API_VERSION
+    amqp_url: str = field(default=DEFAULT_AMQP_URL, repr=False)
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    http_host: str = "127.0.0.1"
+    ingress_port: int = 8080
+    router_port: int = 8081
+    responder_port: int = 8082
+    audit_port: int = 8083
+    max_body_bytes: int = 4 * 1024 * 1024
+    body_read_timeout: float = 10.0
+    publish_timeout: float = 5.0
+    prefetch: int = 64
+    shutdown_timeout: float = 20.0
+    audit_batch_size: int = 256
+    audit_batch_linger: float = 0.02
+    router_rules_path: str | None = None
+    responder_catalog_path: str | None = None
+    log_level: str = "info"
+    service_name: str = "civicline"
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        require: Iterable[str] = (),
+        service_name: str = "civicline",
+    ) -> Settings:
+        """Build settings from `env` (default: os.environ), failing with every problem at once."""
+        source = dict(os.environ if env is None else env)
+        problems: list[str] = []
+        values: dict[str, str] = {}
+        for name in _ALL_NAMES:
+            value = _read(source, name, problems)
+            if value is not None:
+                values[name] = value
+        for name in require:
+            if not values.get(name):
+                hint = f" (or {name}_FILE)" if name in SECRET_NAMES else ""
+                problems.append(f"{name}{hint} is required")
+
+        def integer(name: str, default: int) -> int:
+            raw = values.get(name)
+            if raw is None:
+                return default
+            try:
+                number = int(raw)
+            except ValueError:
+                problems.append(f"{name} must be an integer, got {raw!r}")
+                return default
+            if number <= 0:
+                problems.append(f"{name} must be positive, got {number}")
+            return number
+
+        def seconds(name: str, default: float) -> float:
+            raw = values.get(name)
+            if raw is None:
+                return default
+            try:
+                number = float(raw)
+            except ValueError:
+                problems.append(f"{name} must be a number of seconds, got {raw!r}")
+                return default
+            if number <= 0:
+                problems.append(f"{name} must be positive, got {number}")
+            return number
+
+        settings = cls(
+            app_secrets=tuple(
+                s.strip() for s in values.get("WHATSAPP_APP_SECRET", "").split(",") if s.strip()
+            ),
+            verify_token=values.get("WHATSAPP_VERIFY_TOKEN", ""),
+            access_token=values.get("WHATSAPP_ACCESS_TOKEN", ""),
+            graph_api_base_url=values.get("GRAPH_API_BASE_URL", DEFAULT_GRAPH_API_BASE_URL).rstrip(
+                "/"
+            ),
+            graph_api_version=values.get("GRAPH_API_VERSION", DEFAULT_GRAPH_API_VERSION),
+            amqp_url=values.get("CIVICLINE_AMQP_URL", DEFAULT_AMQP_URL),
+            database_url=values.get("CIVICLINE_DATABASE_URL", DEFAULT_DATABASE_URL),
+            http_host=values.get("CIVICLINE_HTTP_HOST", "127.0.0.1"),
+            ingress_port=integer("INGRESS_PORT", 8080),
+            router_port=integer("ROUTER_PORT", 8081),
+            responder_port=integer("RESPONDER_PORT", 8082),
+            audit_port=integer("AUDIT_PORT", 8083),
+            max_body_bytes=integer("INGRESS_MAX_BODY_BYTES", 4 * 1024 * 1024),
+            body_read_timeout=seconds("INGRESS_BODY_TIMEOUT", 10.0),
+            publish_timeout=seconds("CIVICLINE_PUBLISH_TIMEOUT", 5.0),
+            prefetch=integer("CIVICLINE_PREFETCH", 64),
+            shutdown_timeout=seconds("CIVICLINE_SHUTDOWN_TIMEOUT", 20.0),
+            audit_batch_size=integer("AUDIT_BATCH_SIZE", 256),
+            audit_batch_linger=seconds("AUDIT_BATCH_LINGER", 0.02),
+            router_rules_path=values.get("ROUTER_RULES_PATH") or None,
+            responder_catalog_path=values.get("RESPONDER_CATALOG_PATH") or None,
+            log_level=values.get("CIVICLINE_LOG_LEVEL", "info").lower(),
+            service_name=service_name,
+        )
+        if settings.log_level not in {"debug", "info", "warning", "error"}:
+            problems.append(
+                "CIVICLINE_LOG_LEVEL must be debug, info, warning or error, "
+                f"got {settings.log_level!r}"
+            )
+        if problems:
+            raise SettingsError("invalid configuration:\n  - " + "\n  - ".join(problems))
+        return settings
+
+
+# Every variable read, in the order of the README's table.
+_ALL_NAMES = (
+    "WHATSAPP_APP_SECRET",
+    "WHATSAPP_VERIFY_TOKEN",
+    "WHATSAPP_ACCESS_TOKEN",
+    "GRAPH_API_BASE_URL",
+    "GRAPH_API_VERSION",
+    "CIVICLINE_AMQP_URL",
+    "CIVICLINE_DATABASE_URL",
+    "CIVICLINE_HTTP_HOST",
+    "INGRESS_PORT",
+    "ROUTER_PORT",
+    "RESPONDER_PORT",
+    "AUDIT_PORT",
+    "INGRESS_MAX_BODY_BYTES",
+    "INGRESS_BODY_TIMEOUT",
+    "CIVICLINE_PUBLISH_TIMEOUT",
+    "CIVICLINE_PREFETCH",
+    "CIVICLINE_SHUTDOWN_TIMEOUT",
+    "AUDIT_BATCH_SIZE",
+    "AUDIT_BATCH_LINGER",
+    "ROUTER_RULES_PATH",
+    "RESPONDER_CATALOG_PATH",
+    "CIVICLINE_LOG_LEVEL",
+)
+
+
+def _read(source: Mapping[str, str], name: str, problems: list[str]) -> str | None:
+    direct = source.get(name)
+    file_name = source.get(f"{name}_FILE") if name in SECRET_NAMES else None
+    if direct and file_name:
+        problems.append(f"set either {name} or {name}_FILE, not both")
+        return direct
+    if file_name:
+        try:
+            return Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(f"{name}_FILE={file_name!r} cannot be read: {exc.strerror}")
+            return None
+    return direct
