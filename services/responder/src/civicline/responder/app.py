@@ -1,0 +1,40 @@
+"""responder: consumes classified messages and answers each once through the Graph API."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from civicline.common.amqp import MessageHandler
+from civicline.common.runtime import Runtime, create_consumer_app
+from civicline.common.settings import Settings
+from civicline.common.topology import RESPONDER_MESSAGES
+from civicline.responder.catalog import load_catalog
+from civicline.responder.graph import GraphClient
+from civicline.responder.handlers import responder_handler
+
+
+def create_app(settings: Settings) -> web.Application:
+    # Loaded before anything connects: a broken catalog stops the start with its error.
+    catalog = load_catalog(settings.responder_catalog_path)
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def build_handler(runtime: Runtime) -> MessageHandler:
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        graph = GraphClient(
+            session,
+            base_url=settings.graph_api_base_url,
+            api_version=settings.graph_api_version,
+            access_token=settings.access_token,
+        )
+        return responder_handler(runtime.pool, runtime.publisher, graph, catalog)
+
+    app = create_consumer_app(settings, RESPONDER_MESSAGES, build_handler)
+
+    async def close_sessions(app: web.Application) -> None:
+        for session in sessions:
+            await session.close()
+
+    app.on_cleanup.append(close_sessions)
+    return app

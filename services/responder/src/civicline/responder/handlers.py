@@ -1,0 +1,116 @@
+"""responder's message handler: one reply per inbound message, recorded before it is sent."""
+
+from __future__ import annotations
+
+import asyncpg
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from prometheus_client import Counter
+
+from civicline.common.amqp import MessageHandler, PoisonMessage, Publisher
+from civicline.common.envelope import Envelope, EnvelopeError, utc_now
+from civicline.responder import adapters
+from civicline.responder.catalog import Catalog
+from civicline.responder.core import (
+    InboundRef,
+    NoReply,
+    Send,
+    Suppress,
+    decide,
+    failed_event,
+    in_doubt_event,
+    sent_event,
+    suppressed_event,
+)
+from civicline.responder.graph import GraphClient, GraphError
+
+log = structlog.get_logger(__name__)
+
+REPLIES = Counter("civicline_responder_replies_total", "Reply outcomes", ["outcome"])
+
+
+def responder_handler(
+    pool: asyncpg.Pool, publisher: Publisher, graph: GraphClient, catalog: Catalog
+) -> MessageHandler:
+    async def handle(message: AbstractIncomingMessage) -> None:
+        try:
+            inbound = InboundRef.from_payload(Envelope.decode(message.body).payload)
+        except (EnvelopeError, KeyError, TypeError) as exc:
+            raise PoisonMessage(f"not a classified message: {exc!r}") from None
+        with structlog.contextvars.bound_contextvars(correlation_id=inbound.wamid):
+            decision = decide(inbound, catalog)
+            if isinstance(decision, NoReply):
+                return
+            state = "suppressed" if isinstance(decision, Suppress) else "sending"
+            existing = await adapters.claim_reply(pool, inbound, state)
+            if existing is not None:
+                await _replay(publisher, inbound, decision, existing)
+                return
+            if isinstance(decision, Suppress):
+                await publisher.publish_envelope(
+                    suppressed_event(inbound, decision.reason, utc_now())
+                )
+                REPLIES.labels("suppressed").inc()
+                return
+            await _send(pool, publisher, graph, inbound, decision)
+
+    return handle
+
+
+async def _send(
+    pool: asyncpg.Pool, publisher: Publisher, graph: GraphClient, inbound: InboundRef, send: Send
+) -> None:
+    try:
+        result = await graph.send(inbound.phone_number_id, send.message)
+    except GraphError as exc:
+        if exc.ambiguous:
+            # Timed out or cut after the request left: Meta may have accepted it. The ledger
+            # keeps 'sending'; report the doubt rather than risk a second reply.
+            await publisher.publish_envelope(in_doubt_event(inbound, utc_now()))
+            REPLIES.labels("in_doubt").inc()
+            log.warning("reply_in_doubt", error=str(exc))
+            return
+        if exc.retryable:
+            # Meta did not take it: free the claim so the redelivery can send it.
+            await adapters.release_reply(pool, inbound.wamid)
+            REPLIES.labels("retry").inc()
+            raise
+        await adapters.settle_reply(
+            pool, inbound.wamid, state="failed", sent_wamid=None, error_code=exc.code
+        )
+        await publisher.publish_envelope(failed_event(inbound, send, exc.as_payload(), utc_now()))
+        REPLIES.labels("failed").inc()
+        log.warning("reply_failed", error=str(exc))
+        return
+    await adapters.settle_reply(
+        pool, inbound.wamid, state="sent", sent_wamid=result.wamid, error_code=None
+    )
+    await publisher.publish_envelope(sent_event(inbound, send, result.wamid, utc_now()))
+    REPLIES.labels("sent").inc()
+    log.info("reply_sent", intent=inbound.intent, language=send.reply.language, wamid=result.wamid)
+
+
+async def _replay(
+    publisher: Publisher,
+    inbound: InboundRef,
+    decision: Send | Suppress,
+    existing: adapters.LedgerEntry,
+) -> None:
+    """The message was handled before (a redelivery): publish its outcome again, never send.
+
+    Re-publishing is safe because the outcome's event id is deterministic, and needed because
+    the earlier attempt may have stopped between the ledger write and the publish.
+    """
+    now = utc_now()
+    if existing.state == "sending":
+        event = in_doubt_event(inbound, now)
+        log.warning("reply_in_doubt")
+    elif existing.state == "sent" and isinstance(decision, Send) and existing.wamid:
+        event = sent_event(inbound, decision, existing.wamid, now)
+    elif existing.state == "failed" and isinstance(decision, Send):
+        error = {"code": existing.error_code, "http_status": None, "message": None}
+        event = failed_event(inbound, decision, error, now)
+    else:
+        event = suppressed_event(inbound, "opted_out", now)
+    REPLIES.labels("duplicate").inc()
+    await publisher.publish_envelope(event)
