@@ -174,10 +174,11 @@ MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 class Consumer:
     """Consumes one queue with manual acks and a bounded prefetch.
 
-    The handler returning means the message's effect is durable: it is acked. `PoisonMessage`
-    rejects it without requeue, so the broker dead-letters it. Any other exception is taken as
-    transient: after a pause the message is requeued, and the queue's delivery limit
-    dead-letters it if it keeps failing.
+    Every log line written while handling carries the message's correlation id (the
+    WhatsApp message id) from the `x-correlation-id` header. The handler returning means the
+    message's effect is durable: it is acked. `PoisonMessage` rejects it without requeue, so
+    the broker dead-letters it. Any other exception is taken as transient: after a pause the
+    message is requeued, and the queue's delivery limit dead-letters it if it keeps failing.
     """
 
     def __init__(
@@ -219,8 +220,12 @@ class Consumer:
         self._in_flight += 1
         self._idle.clear()
         queue = self._spec.name
+        correlation_id = message.headers.get(CORRELATION_HEADER) or message.correlation_id
         try:
-            with HANDLE_SECONDS.labels(queue).time():
+            with (
+                structlog.contextvars.bound_contextvars(correlation_id=correlation_id),
+                HANDLE_SECONDS.labels(queue).time(),
+            ):
                 await self._handler(message)
         except PoisonMessage as exc:
             CONSUMED.labels(queue, "dead_lettered").inc()

@@ -24,8 +24,7 @@ def audit_handler(writer: BatchWriter) -> MessageHandler:
             )
         except UnauditableDelivery as exc:
             raise PoisonMessage(str(exc)) from None
-        with structlog.contextvars.bound_contextvars(correlation_id=record.correlation_id):
-            await writer.append(record)
-            log.debug("audited", kind=record.kind, event_id=str(record.event_id))
+        await writer.append(record)
+        log.debug("audited", kind=record.kind, event_id=str(record.event_id))
 
     return handle

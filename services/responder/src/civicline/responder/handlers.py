@@ -37,22 +37,19 @@ def responder_handler(
             inbound = InboundRef.from_payload(Envelope.decode(message.body).payload)
         except (EnvelopeError, KeyError, TypeError) as exc:
             raise PoisonMessage(f"not a classified message: {exc!r}") from None
-        with structlog.contextvars.bound_contextvars(correlation_id=inbound.wamid):
-            decision = decide(inbound, catalog)
-            if isinstance(decision, NoReply):
-                return
-            state = "suppressed" if isinstance(decision, Suppress) else "sending"
-            existing = await adapters.claim_reply(pool, inbound, state)
-            if existing is not None:
-                await _replay(publisher, inbound, decision, existing)
-                return
-            if isinstance(decision, Suppress):
-                await publisher.publish_envelope(
-                    suppressed_event(inbound, decision.reason, utc_now())
-                )
-                REPLIES.labels("suppressed").inc()
-                return
-            await _send(pool, publisher, graph, inbound, decision)
+        decision = decide(inbound, catalog)
+        if isinstance(decision, NoReply):
+            return
+        state = "suppressed" if isinstance(decision, Suppress) else "sending"
+        existing = await adapters.claim_reply(pool, inbound, state)
+        if existing is not None:
+            await _replay(publisher, inbound, decision, existing)
+            return
+        if isinstance(decision, Suppress):
+            await publisher.publish_envelope(suppressed_event(inbound, decision.reason, utc_now()))
+            REPLIES.labels("suppressed").inc()
+            return
+        await _send(pool, publisher, graph, inbound, decision)
 
     return handle
 
