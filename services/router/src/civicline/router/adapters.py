@@ -1,0 +1,63 @@
+"""Router state in Postgres: WhatsApp ids already seen, and contact state per citizen."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from civicline.router.events import ContactState
+
+
+async def claim_unseen(connection: asyncpg.Connection, dedup_keys: Sequence[str]) -> set[str]:
+    """Record the keys; returns those not seen before. Runs in the caller's transaction, so a
+    failure later in the handler un-claims them."""
+    if not dedup_keys:
+        return set()
+    rows = await connection.fetch(
+        """INSERT INTO router_seen (dedup_key) SELECT unnest($1::text[])
+           ON CONFLICT DO NOTHING RETURNING dedup_key""",
+        list(dedup_keys),
+    )
+    return {row["dedup_key"] for row in rows}
+
+
+async def lock_contact(
+    connection: asyncpg.Connection, phone_number_id: str, citizen: str
+) -> ContactState:
+    """The contact's state, locked until the transaction ends (replicas must not race)."""
+    await connection.execute(
+        """INSERT INTO contacts (phone_number_id, citizen) VALUES ($1, $2)
+           ON CONFLICT DO NOTHING""",
+        phone_number_id,
+        citizen,
+    )
+    row = await connection.fetchrow(
+        """SELECT language, opted_out, opted_out_at, last_inbound_at FROM contacts
+           WHERE phone_number_id = $1 AND citizen = $2 FOR UPDATE""",
+        phone_number_id,
+        citizen,
+    )
+    assert row is not None
+    return ContactState(
+        language=row["language"],
+        opted_out=row["opted_out"],
+        opted_out_at=row["opted_out_at"],
+        last_inbound_at=row["last_inbound_at"],
+    )
+
+
+async def save_contact(
+    connection: asyncpg.Connection, phone_number_id: str, citizen: str, state: ContactState
+) -> None:
+    await connection.execute(
+        """UPDATE contacts SET language = $3, opted_out = $4, opted_out_at = $5,
+                               last_inbound_at = $6, updated_at = now()
+           WHERE phone_number_id = $1 AND citizen = $2""",
+        phone_number_id,
+        citizen,
+        state.language,
+        state.opted_out,
+        state.opted_out_at,
+        state.last_inbound_at,
+    )

@@ -1,0 +1,63 @@
+"""Language detection: script first, then the citizen's stored preference."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from civicline.router.core import SUPPORTED_LANGUAGES, detect_language
+
+
+@pytest.mark.parametrize(
+    ("text", "stored", "expected"),
+    [
+        # Hangul means Korean, whatever was stored
+        ("투표소 위치 알려주세요", None, "ko"),
+        ("투표소 위치 알려주세요", "ja", "ko"),
+        ("투표소 위치 알려주세요", "en", "ko"),
+        ("ㅋㅋㅋ", None, "ko"),  # compatibility jamo
+        ("passport를 잃어버렸어요", "en", "ko"),
+        ("避難所 대피소 どこ", None, "ko"),  # Hangul wins over kana
+        # kana means Japanese
+        ("避難所はどこですか", None, "ja"),
+        ("避難所はどこですか", "ko", "ja"),
+        ("ワクチン", "en", "ja"),
+        ("ﾜｸﾁﾝ", None, "ja"),  # halfwidth katakana
+        ("STOPします", "en", "ja"),
+        # Han alone: keep a stored ja/ko, otherwise Japanese
+        ("投票所", None, "ja"),
+        ("投票所", "en", "ja"),
+        ("投票所", "ja", "ja"),
+        ("投票所", "ko", "ko"),
+        ("避難所？ 2026", "ko", "ko"),
+        ("人々", None, "ja"),
+        # Latin and everything else: the stored language, else English
+        ("How do I renew my passport?", None, "en"),
+        ("How do I renew my passport?", "ko", "ko"),
+        ("STOP", "ja", "ja"),
+        ("Comprobante de domicilio", "es", "es"),
+        ("Comprobante de domicilio", None, "en"),
+        ("I live near 新宿", None, "en"),
+        ("I live near 新宿", "ko", "ko"),
+        ("👍", "ja", "ja"),
+        ("12345", None, "en"),
+        ("", "ko", "ko"),
+        ("", None, "en"),
+        (None, None, "en"),
+        (None, "ja", "ja"),
+        ("hello", "", "en"),
+    ],
+)
+def test_detect_language(text: str | None, stored: str | None, expected: str) -> None:
+    assert detect_language(text, stored) == expected
+
+
+@given(
+    text=st.none() | st.text(alphabet=st.characters(exclude_categories=())),
+    stored=st.none() | st.sampled_from(["ko", "ja", "en", "es", "zh"]),
+)
+def test_detect_language_returns_a_supported_or_the_stored_code(
+    text: str | None, stored: str | None
+) -> None:
+    assert detect_language(text, stored) in {*SUPPORTED_LANGUAGES, stored}
