@@ -1,0 +1,191 @@
+"""`make run`: the whole pipeline on this machine, in the foreground; Ctrl-C stops it cleanly.
+
+Starts the Meta simulator (unless GRAPH_API_BASE_URL points elsewhere), creates the database
+if needed, applies migrations, starts ingress, router, responder and audit with their output
+prefixed, waits until each is ready, and prints the webhook URL and a sample command.
+`python scripts/run.py sample "text"` sends one signed citizen message and prints the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+
+from civicline.common.migrate import migrate
+from civicline.common.settings import DEFAULT_GRAPH_API_BASE_URL, Settings
+
+# Development defaults, used only when neither NAME nor NAME_FILE is set: `make run` must work
+# on a fresh clone. Real deployments set their own (see README).
+DEV_DEFAULTS = {
+    "WHATSAPP_APP_SECRET": "civicline-dev-app-secret",
+    "WHATSAPP_VERIFY_TOKEN": "civicline-dev-verify-token",
+    "WHATSAPP_ACCESS_TOKEN": "civicline-dev-access-token",
+}
+SERVICES = ("audit", "router", "responder", "ingress")
+SAMPLE_TEXT = "투표소 위치 알려주세요"
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in DEV_DEFAULTS.items():
+        if not env.get(name) and not env.get(f"{name}_FILE"):
+            env[name] = value
+    return env
+
+
+async def ensure_database(database_url: str) -> None:
+    """Create the database if it does not exist, then apply migrations."""
+    parts = urlsplit(database_url)
+    name = parts.path.lstrip("/")
+    try:
+        connection = await asyncpg.connect(database_url)
+    except asyncpg.InvalidCatalogNameError:
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        print(f"created database {name}", flush=True)
+        connection = await asyncpg.connect(database_url)
+    try:
+        for migration in await migrate(connection):
+            print(f"applied migration {migration.version:04d}_{migration.name}", flush=True)
+    finally:
+        await connection.close()
+
+
+async def pump(name: str, stream: asyncio.StreamReader) -> None:
+    prefix = f"{name:>9} | ".encode()
+    while line := await stream.readline():
+        sys.stdout.buffer.write(prefix + line)
+        sys.stdout.buffer.flush()
+
+
+async def wait_ready(port: int, name: str, process: asyncio.subprocess.Process) -> None:
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if process.returncode is not None:
+                raise SystemExit(f"{name} exited with {process.returncode}; see its output above")
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as answer:
+                    if answer.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+
+
+async def run_pipeline() -> int:
+    env = environment()
+    settings = Settings.from_env(env)
+    await ensure_database(settings.database_url)
+    commands: dict[str, list[str]] = {
+        name: [sys.executable, "-m", f"civicline.{name}"] for name in SERVICES
+    }
+    use_simulator = settings.graph_api_base_url == DEFAULT_GRAPH_API_BASE_URL
+    if use_simulator:
+        port = str(urlsplit(DEFAULT_GRAPH_API_BASE_URL).port)
+        commands = {
+            "simulator": [sys.executable, "-m", "civicline.simulator", "serve", "--port", port],
+            **commands,
+        }
+    processes: dict[str, asyncio.subprocess.Process] = {}
+    pumps = []
+    for name, command in commands.items():
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+        )
+        assert process.stdout is not None
+        processes[name] = process
+        pumps.append(asyncio.create_task(pump(name, process.stdout)))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    ports = {
+        "ingress": settings.ingress_port,
+        "router": settings.router_port,
+        "responder": settings.responder_port,
+        "audit": settings.audit_port,
+    }
+    ready: asyncio.Future[list[None]] = asyncio.gather(
+        *(wait_ready(ports[n], n, processes[n]) for n in SERVICES)
+    )
+    stopping: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
+    watched: list[asyncio.Future[object]] = [ready, stopping]  # type: ignore[list-item]
+    done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+    if ready in done and ready.exception() is None:
+        graph = "the local Meta simulator" if use_simulator else settings.graph_api_base_url
+        print(
+            "\ncivicline is running.\n"
+            f"  webhook URL : http://127.0.0.1:{settings.ingress_port}/webhook\n"
+            f"  Graph API   : {graph}\n"
+            f"  health      : http://127.0.0.1:{{{','.join(str(p) for p in ports.values())}}}"
+            "/readyz\n"
+            "Send a citizen's message and see the reply (in another terminal):\n"
+            f'  make sample TEXT="{SAMPLE_TEXT}"\n'
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        await stop.wait()
+    elif ready in done:
+        ready.exception()  # already reported by the exiting service's output
+        stop.set()
+    else:
+        ready.cancel()
+
+    print("\nstopping…", flush=True)
+    # Ingress first so nothing new enters, the simulator last so in-flight replies land.
+    order = ["ingress", "router", "responder", "audit", "simulator"]
+    codes = {}
+    for name in (n for n in order if n in processes):
+        process = processes[name]
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        codes[name] = await process.wait()
+    await asyncio.gather(*pumps)
+    print("stopped: " + ", ".join(f"{n} exit {c}" for n, c in codes.items()), flush=True)
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+def sample(text: str, sender: str) -> int:
+    env = environment()
+    settings = Settings.from_env(env)
+    command = [
+        sys.executable,
+        "-m",
+        "civicline.simulator",
+        "send",
+        "--text",
+        text,
+        "--from",
+        sender,
+        "--webhook-url",
+        f"http://127.0.0.1:{settings.ingress_port}/webhook",
+    ]
+    return subprocess.run(command, env=env, check=False).returncode
+
+
+def main() -> None:
+    if len(sys.argv) >= 2 and sys.argv[1] == "sample":
+        text = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else SAMPLE_TEXT
+        sender = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] else "821052347781"
+        sys.exit(sample(text, sender))
+    sys.exit(asyncio.run(run_pipeline()))
+
+
+if __name__ == "__main__":
+    main()

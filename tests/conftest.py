@@ -1,0 +1,37 @@
+"""Fixtures shared by every test layer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from support.isolation import Environment, create_environment, drop_environment
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures" / "webhooks"
+
+EnvironmentFactory = Callable[[str], Awaitable[Environment]]
+
+
+@pytest.fixture(scope="session")
+def webhook_fixtures() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.fail(f"the shared webhook fixtures are missing: expected {FIXTURES}")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+async def environments() -> AsyncIterator[EnvironmentFactory]:
+    """Makes isolated vhost + database pairs on demand; drops them all at the end of the run."""
+    made: list[Environment] = []
+
+    async def make(label: str) -> Environment:
+        environment = await create_environment(label)
+        made.append(environment)
+        return environment
+
+    yield make
+    for environment in made:
+        await drop_environment(environment)

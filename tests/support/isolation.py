@@ -1,0 +1,74 @@
+"""Each test run gets its own RabbitMQ vhost and Postgres database, so runs on one machine
+(a developer's and CI's, or two branches) cannot disturb each other. Nothing is mocked: these
+are the real servers, reached with the same URLs the services take."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+
+from civicline.common.migrate import migrate
+
+# Where the servers are; the defaults are those `make test` makes sure of.
+ADMIN_AMQP_URL = os.environ.get("CIVICLINE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+ADMIN_DATABASE_URL = os.environ.get(
+    "CIVICLINE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    name: str
+    amqp_url: str
+    database_url: str
+
+
+def _with_path(url: str, path: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + quote(path, safe="")))
+
+
+def _rabbitmqctl(*args: str) -> None:
+    tool = shutil.which("rabbitmqctl")
+    if tool is None:
+        raise RuntimeError(
+            "rabbitmqctl is not on PATH: the tests need it to create their own vhost "
+            "(run `make test`, which installs and starts RabbitMQ where it can)"
+        )
+    result = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
+
+
+async def create_environment(label: str) -> Environment:
+    """A fresh vhost (guest has full rights in it) and a fresh, migrated database."""
+    name = f"civicline_test_{label}_{os.getpid()}_{secrets.token_hex(3)}"
+    _rabbitmqctl("add_vhost", name)
+    user = urlsplit(ADMIN_AMQP_URL).username or "guest"
+    _rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+    admin = await asyncpg.connect(ADMIN_DATABASE_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    database_url = _with_path(ADMIN_DATABASE_URL, name)
+    connection = await asyncpg.connect(database_url)
+    try:
+        await migrate(connection)
+    finally:
+        await connection.close()
+    return Environment(name, _with_path(ADMIN_AMQP_URL, name), database_url)
+
+
+async def drop_environment(environment: Environment) -> None:
+    _rabbitmqctl("delete_vhost", environment.name)
+    admin = await asyncpg.connect(ADMIN_DATABASE_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{environment.name}" WITH (FORCE)')
+    finally:
+        await admin.close()

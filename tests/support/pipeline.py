@@ -1,0 +1,119 @@
+"""The four services run as real processes against an isolated environment, the way `make run`
+and Kubernetes run them, so tests see real start-up, signals and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from support.isolation import Environment
+
+SERVICES = ("ingress", "router", "responder", "audit")
+APP_SECRET = "e2e-app-secret"
+VERIFY_TOKEN = "e2e-verify-token"
+ACCESS_TOKEN = "e2e-access-token"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Pipeline:
+    environment: Environment
+    graph_api_base_url: str
+    log_dir: Path
+    ports: dict[str, int] = field(default_factory=lambda: {s: free_port() for s in SERVICES})
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['ingress']}/webhook"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "WHATSAPP_APP_SECRET": APP_SECRET,
+            "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+            "WHATSAPP_ACCESS_TOKEN": ACCESS_TOKEN,
+            "GRAPH_API_BASE_URL": self.graph_api_base_url,
+            "CIVICLINE_AMQP_URL": self.environment.amqp_url,
+            "CIVICLINE_DATABASE_URL": self.environment.database_url,
+            "INGRESS_PORT": str(self.ports["ingress"]),
+            "ROUTER_PORT": str(self.ports["router"]),
+            "RESPONDER_PORT": str(self.ports["responder"]),
+            "AUDIT_PORT": str(self.ports["audit"]),
+            "CIVICLINE_SHUTDOWN_TIMEOUT": "10",
+        }
+
+    def start(self, service: str) -> None:
+        log = (self.log_dir / f"{service}.log").open("ab")
+        self.processes[service] = subprocess.Popen(
+            [sys.executable, "-m", f"civicline.{service}"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    async def wait_ready(self, service: str, timeout: float = 60.0) -> None:
+        """Wait until the service answers /readyz with 200 (its dependencies are reachable
+        and it consumes), failing early if the process exits."""
+        url = f"http://127.0.0.1:{self.ports[service]}/readyz"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with aiohttp.ClientSession() as session:
+            while loop.time() < deadline:
+                process = self.processes[service]
+                if process.poll() is not None:
+                    raise AssertionError(
+                        f"{service} exited with {process.returncode}:\n{self.log_tail(service)}"
+                    )
+                try:
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as answer:
+                        if answer.status == 200:
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"{service} not ready after {timeout}s:\n{self.log_tail(service)}")
+
+    async def start_all(self) -> None:
+        for service in SERVICES:
+            self.start(service)
+        for service in SERVICES:
+            await self.wait_ready(service)
+
+    async def stop(self, service: str, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait for the exit; returns the exit code."""
+        process = self.processes[service]
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.to_thread(process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"{service} ignored SIGTERM for {timeout}s") from None
+
+    async def stop_all(self) -> dict[str, int]:
+        # Ingress first, so no new work enters while the consumers drain.
+        return {
+            service: await self.stop(service) for service in SERVICES if service in self.processes
+        }
+
+    def log_tail(self, service: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{service}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
