@@ -40,7 +40,7 @@ sample: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/common/src services/ingress/src services/router/src services/responder/src services/audit/src tools/simulator/src scripts
+	$(BIN)/mypy libs/common/src services/ingress/src services/router/src services/responder/src services/audit/src tools/simulator/src scripts tests
 
 format: install
 	$(BIN)/ruff check --fix .

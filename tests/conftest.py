@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from support.isolation import Environment, create_environment, drop_environment
+from support.isolation import (
+    Environment,
+    EnvironmentFactory,
+    create_environment,
+    drop_environment,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "webhooks"
-
-EnvironmentFactory = Callable[[str], Awaitable[Environment]]
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 
 from civicline.responder.catalog import choose_reply, load_catalog
 from civicline.simulator import server as simulator_server
 from civicline.simulator.client import send_webhook
 from civicline.simulator.webhooks import status_webhook, text_message_webhook
-from conftest import EnvironmentFactory
+from support.isolation import EnvironmentFactory
 from support.pipeline import APP_SECRET, Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -52,12 +53,13 @@ async def pipeline(
 async def audit_rows(database_url: str, correlation_id: str) -> list[asyncpg.Record]:
     connection = await asyncpg.connect(database_url)
     try:
-        return await connection.fetch(
+        rows: list[asyncpg.Record] = await connection.fetch(
             "SELECT seq, kind, payload FROM audit_log WHERE correlation_id = $1 ORDER BY seq",
             correlation_id,
         )
     finally:
         await connection.close()
+    return rows
 
 
 async def wait_for_audit(database_url: str, correlation_id: str, kinds: set[str]) -> list[str]:
@@ -114,8 +116,12 @@ async def test_citizen_gets_one_reply_in_their_language_and_every_step_is_audite
     )
     assert sorted(kinds) == sorted([f"message.{intent}", "outbound.sent"])
     assert await raw_webhook_count(pipeline.environment.database_url, body) == 1
-    sent = await audit_rows(pipeline.environment.database_url, wamid)
-    assert any(r["kind"] == "outbound.sent" and replies[0].wamid in str(r["payload"]) for r in sent)
+    sent = [
+        orjson.loads(row["payload"])
+        for row in await audit_rows(pipeline.environment.database_url, wamid)
+        if row["kind"] == "outbound.sent"
+    ]
+    assert [payload["wamid"] for payload in sent] == [replies[0].wamid]
 
 
 async def test_a_redelivered_webhook_still_gets_one_reply_and_one_audit_row_per_event(

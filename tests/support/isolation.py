@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -27,6 +28,9 @@ class Environment:
     name: str
     amqp_url: str
     database_url: str
+
+
+EnvironmentFactory = Callable[[str], Awaitable[Environment]]
 
 
 def _with_path(url: str, path: str) -> str:

@@ -81,6 +81,9 @@ class Envelope:
             raise EnvelopeError(f"bad field: {exc}") from None
         if not isinstance(envelope.kind, str) or not isinstance(envelope.correlation_id, str):
             raise EnvelopeError("kind and correlation_id must be strings")
+        if "\x00" in envelope.kind or "\x00" in envelope.correlation_id:
+            # Postgres text cannot hold NUL; such an id could never be stored or queried.
+            raise EnvelopeError("kind and correlation_id must not contain NUL")
         if not isinstance(envelope.payload, dict) or not isinstance(envelope.schema_version, int):
             raise EnvelopeError("payload must be an object and schema_version an integer")
         if occurred_at.tzinfo is None:

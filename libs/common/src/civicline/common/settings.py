@@ -183,8 +183,10 @@ _ALL_NAMES = (
 
 
 def _read(source: Mapping[str, str], name: str, problems: list[str]) -> str | None:
-    direct = source.get(name)
-    file_name = source.get(f"{name}_FILE") if name in SECRET_NAMES else None
+    # An empty value means unset, as it does to most 12-factor tooling (and to Kubernetes
+    # manifests that template a variable out).
+    direct = source.get(name) or None
+    file_name = (source.get(f"{name}_FILE") or None) if name in SECRET_NAMES else None
     if direct and file_name:
         problems.append(f"set either {name} or {name}_FILE, not both")
         return direct

@@ -41,7 +41,7 @@ async def append_batch(pool: asyncpg.Pool, records: Sequence[AuditRecord]) -> in
                 """INSERT INTO audit_log (seq, event_id, kind, occurred_at, correlation_id,
                                           schema_version, payload, raw_body, signature)
                    SELECT seq, event_id, kind, occurred_at, correlation_id,
-                          schema_version, payload::jsonb, raw_body, signature
+                          schema_version, payload::json, raw_body, signature
                    FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[],
                                $5::text[], $6::int[], $7::text[], $8::bytea[], $9::text[])
                         AS t(seq, event_id, kind, occurred_at, correlation_id,
@@ -64,6 +64,19 @@ async def append_batch(pool: asyncpg.Pool, records: Sequence[AuditRecord]) -> in
     DUPLICATES.inc(len(records) - len(numbered))
     BATCH_SIZE.observe(len(records))
     return len(numbered)
+
+
+class UnstorableRecord(Exception):
+    """The database refuses this record's data; retrying cannot help."""
+
+
+def _settle(done: asyncio.Future[None], outcome: BaseException | None) -> None:
+    if done.done():
+        return
+    if outcome is None:
+        done.set_result(None)
+    else:
+        done.set_exception(outcome)
 
 
 class BatchWriter:
@@ -102,19 +115,32 @@ class BatchWriter:
                 self._full.clear()
             if not self._pending:
                 self._has_work.clear()
-            try:
-                await append_batch(self._pool, [record for record, _ in batch])
-            except Exception as exc:  # every waiter learns of the failure and is requeued
-                log.warning(
-                    "audit_batch_failed", size=len(batch), error=f"{type(exc).__name__}: {exc}"
-                )
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-            else:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
+            await self._write(batch)
+
+    async def _write(self, batch: list[tuple[AuditRecord, asyncio.Future[None]]]) -> None:
+        try:
+            await append_batch(self._pool, [record for record, _ in batch])
+        except asyncpg.DataError:
+            # One record the database cannot store must not keep its batch-mates out of the
+            # log: write them one by one, so only the bad one fails (and is dead-lettered).
+            for record, done in batch:
+                try:
+                    await append_batch(self._pool, [record])
+                except asyncpg.DataError as exc:
+                    _settle(done, UnstorableRecord(f"{type(exc).__name__}: {exc}"))
+                except Exception as exc:
+                    _settle(done, exc)
+                else:
+                    _settle(done, None)
+        except Exception as exc:
+            # The database is unreachable or failing: every waiter is requeued to retry.
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("audit_batch_failed", size=len(batch), error=error)
+            for _, done in batch:
+                _settle(done, exc)
+        else:
+            for _, done in batch:
+                _settle(done, None)
 
     async def close(self) -> None:
         if self._task is not None:

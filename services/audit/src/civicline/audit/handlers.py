@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from civicline.audit.adapters import BatchWriter
+from civicline.audit.adapters import BatchWriter, UnstorableRecord
 from civicline.audit.core import UnauditableDelivery, record_from_delivery
 from civicline.common.amqp import MessageHandler, PoisonMessage
 
@@ -24,7 +24,10 @@ def audit_handler(writer: BatchWriter) -> MessageHandler:
             )
         except UnauditableDelivery as exc:
             raise PoisonMessage(str(exc)) from None
-        await writer.append(record)
+        try:
+            await writer.append(record)
+        except UnstorableRecord as exc:
+            raise PoisonMessage(f"unstorable audit record: {exc}") from None
         log.debug("audited", kind=record.kind, event_id=str(record.event_id))
 
     return handle

@@ -100,7 +100,7 @@ async def _accept(request: web.Request) -> tuple[int, str]:
             body,
             message_id=raw_event_id,
             correlation_id=raw_event_id,
-            content_type=request.content_type or "application/json",
+            content_type=request.headers.get("Content-Type", "application/json"),
             headers={
                 "x-hub-signature-256": signature,
                 "x-received-at": received_at.isoformat(),

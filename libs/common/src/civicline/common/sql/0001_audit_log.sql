@@ -9,7 +9,8 @@ CREATE TABLE audit_log (
     recorded_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     correlation_id text        NOT NULL,
     schema_version integer     NOT NULL,
-    payload        jsonb       NOT NULL,
+    -- json, not jsonb: kept verbatim, and jsonb cannot hold the \u0000 a citizen's text may carry.
+    payload        json        NOT NULL,
     -- inbound.webhook only: the exact bytes Meta sent and the X-Hub-Signature-256 header, so an
     -- auditor holding the app secret can re-check that Meta really sent them.
     raw_body       bytea,
