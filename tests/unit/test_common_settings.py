@@ -129,7 +129,7 @@ def test_an_empty_value_means_unset() -> None:
     )
     assert settings.audit_batch_size == Settings().audit_batch_size
     assert settings.amqp_url == Settings().amqp_url
-    with pytest.raises(SettingsError, match="WHATSAPP_APP_SECRET .* is required"):
+    with pytest.raises(SettingsError, match=r"WHATSAPP_APP_SECRET .* is required"):
         Settings.from_env({"WHATSAPP_APP_SECRET": ""}, require=("WHATSAPP_APP_SECRET",))
 
 
