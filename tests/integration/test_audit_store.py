@@ -28,13 +28,10 @@ from civicline.audit.handlers import audit_handler
 from civicline.common.amqp import Broker, Consumer, Publisher
 from civicline.common.envelope import SCHEMA_VERSION, Envelope, event_id
 from civicline.common.topology import AUDIT_EVENTS, INBOUND_WEBHOOK, declare
-from support.isolation import Environment
+from support.isolation import Environment, EnvironmentFactory
 
 pytestmark = pytest.mark.integration
 
-# The session fixture `environments` from tests/conftest.py (not imported from there: with
-# tests/unit/conftest.py also on the path, `conftest` names whichever pytest loaded first).
-EnvironmentFactory = Callable[[str], Awaitable[Environment]]
 
 OCCURRED_AT = datetime(2026, 7, 18, 9, 30, 15, 123456, tzinfo=UTC)
 # Every byte value, a NUL, invalid UTF-8 and Meta's \uXXXX escapes: bytea must keep them all.

@@ -24,13 +24,10 @@ from civicline.common.envelope import event_id
 from civicline.common.settings import Settings
 from civicline.common.topology import AUDIT_EVENTS, ROUTER_INBOUND, declare
 from civicline.ingress.app import create_app
-from support.isolation import Environment
+from support.isolation import Environment, EnvironmentFactory
 
 pytestmark = pytest.mark.integration
 
-# The session fixture `environments` from tests/conftest.py (not imported from there: with
-# tests/unit/conftest.py also on the path, `conftest` names whichever pytest loaded first).
-EnvironmentFactory = Callable[[str], Awaitable[Environment]]
 
 SECRETS = ("s1", "s2")
 VERIFY_TOKEN = "vt"

@@ -1,0 +1,100 @@
+"""The broker behaviour civicline relies on, pinned on the RabbitMQ we run against.
+
+CI runs RabbitMQ 3.10 and production newer releases; these tests fail if a release changes
+what the topology's queue arguments do: a poison message must reach its dead-letter queue
+(never be dropped, never loop forever), and declaring the topology twice must be harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from civicline.common.topology import DELIVERY_LIMIT, EXCHANGE, QUEUES, ROUTER_INBOUND, declare
+from support.isolation import EnvironmentFactory
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def channel(environments: EnvironmentFactory) -> AsyncIterator[AbstractChannel]:
+    environment = await environments("topology")
+    connection = await aio_pika.connect(environment.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await declare(channel)
+        yield channel
+
+
+async def get_one(channel: AbstractChannel, queue_name: str) -> AbstractIncomingMessage:
+    queue = await channel.get_queue(queue_name, ensure=False)
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        message = await queue.get(no_ack=False, fail=False)
+        if message is not None:
+            return message
+        assert asyncio.get_running_loop().time() < deadline, f"nothing arrived in {queue_name}"
+        await asyncio.sleep(0.05)
+
+
+async def publish(channel: AbstractChannel, routing_key: str, body: bytes) -> None:
+    exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+    await exchange.publish(
+        aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key
+    )
+
+
+async def test_declaring_the_topology_again_is_harmless(channel: AbstractChannel) -> None:
+    declared = await declare(channel)
+    assert {spec.name for spec in QUEUES} <= set(declared.queues)
+    assert {spec.dead_letter_queue for spec in QUEUES} <= set(declared.queues)
+
+
+async def test_a_rejected_message_goes_to_the_dead_letter_queue_with_its_body(
+    channel: AbstractChannel,
+) -> None:
+    await publish(channel, "inbound.webhook", b"poison")
+    message = await get_one(channel, ROUTER_INBOUND.name)
+    await message.reject(requeue=False)
+
+    dead = await get_one(channel, ROUTER_INBOUND.dead_letter_queue)
+    assert dead.body == b"poison"
+    await dead.ack()
+
+
+async def test_a_message_that_keeps_failing_is_dead_lettered_after_the_delivery_limit(
+    channel: AbstractChannel,
+) -> None:
+    await publish(channel, "inbound.webhook", b"keeps failing")
+    deliveries = 0
+    queue = await channel.get_queue(ROUTER_INBOUND.name, ensure=False)
+    deadline = asyncio.get_running_loop().time() + 20
+    while asyncio.get_running_loop().time() < deadline:
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            if deliveries > DELIVERY_LIMIT:
+                break
+            await asyncio.sleep(0.05)
+            continue
+        deliveries += 1
+        await message.nack(requeue=True)
+
+    # The first delivery plus DELIVERY_LIMIT redeliveries, then the broker gives up on it.
+    assert deliveries == DELIVERY_LIMIT + 1
+    dead = await get_one(channel, ROUTER_INBOUND.dead_letter_queue)
+    assert dead.body == b"keeps failing"
+    await dead.ack()
+
+
+async def test_a_conflicting_redeclaration_is_refused_not_silently_accepted(
+    channel: AbstractChannel,
+) -> None:
+    # Someone changing a queue's arguments by hand must hear about it at the next start.
+    with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+        await channel.declare_queue(
+            ROUTER_INBOUND.name, durable=True, arguments={"x-queue-type": "classic"}
+        )
