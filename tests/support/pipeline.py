@@ -35,6 +35,11 @@ class Pipeline:
     log_dir: Path
     ports: dict[str, int] = field(default_factory=lambda: {s: free_port() for s in SERVICES})
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Where the services reach RabbitMQ and Postgres, when not directly (e.g. via a TCP proxy
+    # that injects network faults), and any further settings.
+    amqp_url: str | None = None
+    database_url: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def webhook_url(self) -> str:
@@ -47,13 +52,14 @@ class Pipeline:
             "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
             "WHATSAPP_ACCESS_TOKEN": ACCESS_TOKEN,
             "GRAPH_API_BASE_URL": self.graph_api_base_url,
-            "CIVICLINE_AMQP_URL": self.environment.amqp_url,
-            "CIVICLINE_DATABASE_URL": self.environment.database_url,
+            "CIVICLINE_AMQP_URL": self.amqp_url or self.environment.amqp_url,
+            "CIVICLINE_DATABASE_URL": self.database_url or self.environment.database_url,
             "INGRESS_PORT": str(self.ports["ingress"]),
             "ROUTER_PORT": str(self.ports["router"]),
             "RESPONDER_PORT": str(self.ports["responder"]),
             "AUDIT_PORT": str(self.ports["audit"]),
             "CIVICLINE_SHUTDOWN_TIMEOUT": "10",
+            **self.extra_env,
         }
 
     def start(self, service: str) -> None:
@@ -88,6 +94,17 @@ class Pipeline:
                 await asyncio.sleep(0.1)
         raise AssertionError(f"{service} not ready after {timeout}s:\n{self.log_tail(service)}")
 
+    async def is_ready(self, service: str) -> bool:
+        url = f"http://127.0.0.1:{self.ports[service]}/readyz"
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as answer,
+            ):
+                return answer.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     async def start_all(self) -> None:
         for service in SERVICES:
             self.start(service)
@@ -111,6 +128,16 @@ class Pipeline:
         return {
             service: await self.stop(service) for service in SERVICES if service in self.processes
         }
+
+    def kill(self, service: str) -> None:
+        """SIGKILL: the process dies wherever it is, as on an OOM kill or a node loss."""
+        process = self.processes[service]
+        process.kill()
+        process.wait()
+
+    async def restart(self, service: str) -> None:
+        self.start(service)
+        await self.wait_ready(service)
 
     def log_tail(self, service: str, lines: int = 40) -> str:
         path = self.log_dir / f"{service}.log"

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import structlog
@@ -25,6 +29,7 @@ from aio_pika.abc import (
 from prometheus_client import Counter, Histogram
 
 from civicline.common.envelope import CONTENT_TYPE, Envelope
+from civicline.common.failures import DependencyUnavailable, is_outage
 from civicline.common.retry import retry_forever
 from civicline.common.settings import redact_url
 from civicline.common.topology import EXCHANGE, QueueSpec, declare
@@ -33,6 +38,20 @@ log = structlog.get_logger(__name__)
 
 CORRELATION_HEADER = "x-correlation-id"
 KIND_HEADER = "x-civicline-kind"
+# How many times this message was put back for a later retry (absent: never).
+ATTEMPT_HEADER = "x-civicline-attempt"
+
+
+# A fresh id for each delivery a consumer handles, stable across its in-place retries, so a
+# handler can recognise a claim it wrote itself when the answer to that write was lost.
+delivery_id: ContextVar[str] = ContextVar("delivery_id", default="")
+
+
+def retry_attempt(message: AbstractIncomingMessage) -> int:
+    """How many delayed retries `message` has had so far."""
+    value = message.headers.get(ATTEMPT_HEADER, 0)
+    return value if isinstance(value, int) else 0
+
 
 PUBLISHED = Counter(
     "civicline_published_total",
@@ -43,12 +62,24 @@ CONSUMED = Counter("civicline_consumed_total", "Messages consumed", ["queue", "o
 HANDLE_SECONDS = Histogram("civicline_handle_seconds", "Time to handle one message", ["queue"])
 
 
-class PublishFailed(Exception):
+class PublishFailed(DependencyUnavailable):
     """The broker did not confirm the message: unreachable, nacked, unroutable or too slow."""
 
 
 class PoisonMessage(Exception):
     """A message that can never be processed; it is dead-lettered, never requeued."""
+
+
+# Seconds between AMQP heartbeats unless the URL sets `heartbeat`: a connection whose packets
+# vanish (a black-holed network, no FIN) is noticed within a few intervals, not minutes.
+DEFAULT_HEARTBEAT = 5
+
+
+def with_heartbeat(url: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("heartbeat", str(DEFAULT_HEARTBEAT))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 class Broker:
@@ -69,7 +100,7 @@ class Broker:
     async def _connect(self) -> None:
         async def attempt() -> AbstractRobustConnection:
             return await aio_pika.connect_robust(
-                self._url,
+                with_heartbeat(self._url),
                 client_properties={"connection_name": self._name},
                 reconnect_interval=self._reconnect_interval,
                 timeout=10,
@@ -157,6 +188,34 @@ class Publisher:
             raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc
         PUBLISHED.labels(routing_key, "confirmed").inc()
 
+    async def retry_later(
+        self, message: AbstractIncomingMessage, spec: QueueSpec, attempt: int
+    ) -> None:
+        """Put a copy of `message` in `spec`'s delay queue for its `attempt`-th retry (with
+        jitter: it expires after 80–100 % of that queue's delay), confirmed by the broker."""
+        queue = spec.retry_queue(attempt)
+        delay = int(queue.rsplit(".", 1)[1].removesuffix("s"))
+        copy = aio_pika.Message(
+            message.body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            content_type=message.content_type,
+            timestamp=message.timestamp,
+            headers={**message.headers, ATTEMPT_HEADER: attempt},
+            expiration=delay * (0.8 + random.random() / 5),
+        )
+        try:
+            await asyncio.wait_for(self._ensure_exchange(), self._timeout)
+            assert self._channel is not None
+            await self._channel.default_exchange.publish(
+                copy, queue, mandatory=True, timeout=self._timeout
+            )
+        except Exception as exc:
+            PUBLISHED.labels(queue, "failed").inc()
+            raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc
+        PUBLISHED.labels(queue, "confirmed").inc()
+
     async def publish_envelope(self, envelope: Envelope) -> None:
         await self.publish(
             envelope.kind,
@@ -177,8 +236,12 @@ class Consumer:
     Every log line written while handling carries the message's correlation id (the
     WhatsApp message id) from the `x-correlation-id` header. The handler returning means the
     message's effect is durable: it is acked. `PoisonMessage` rejects it without requeue, so
-    the broker dead-letters it. Any other exception is taken as transient: after a pause the
-    message is requeued, and the queue's delivery limit dead-letters it if it keeps failing.
+    the broker dead-letters it. A dependency outage (Postgres or the broker unreachable) is
+    retried in place with backoff, holding the message: work waits instead of cycling through
+    requeues and burning its delivery limit, and with every prefetch slot held the consumer
+    takes nothing more until the dependency is back. Any other exception is taken as a bug or
+    a bad message: after a pause it is requeued, and the delivery limit dead-letters it if it
+    keeps failing.
     """
 
     def __init__(
@@ -189,22 +252,26 @@ class Consumer:
         *,
         prefetch: int,
         retry_pause: float = 1.0,
+        max_outage_backoff: float = 5.0,
     ) -> None:
         self._broker = broker
         self._spec = spec
         self._handler = handler
         self._prefetch = prefetch
         self._retry_pause = retry_pause
+        self._max_outage_backoff = max_outage_backoff
         self._queue: AbstractQueue | None = None
         self._channel: AbstractChannel | None = None
         self._tag: str | None = None
-        self._in_flight = 0
+        self._stopping = False
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._waiting_on_outage = 0
 
     @property
     def is_consuming(self) -> bool:
-        return self._tag is not None and self._broker.is_ready
+        return self._tag is not None and self._broker.is_ready and self._waiting_on_outage == 0
 
     async def start(self) -> None:
         connection = await self._broker.connection()
@@ -217,34 +284,78 @@ class Consumer:
         log.info("consuming", queue=self._spec.name, prefetch=self._prefetch)
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
-        self._in_flight += 1
+        # aiormq runs this callback in a task it cancels when the channel closes (a broker
+        # restart, a network cut). Cancelled between "reply claimed" and "reply sent", a
+        # handler would leave its work half done; so the work runs in a task of our own,
+        # shielded, and finishes (its ack then fails harmlessly and the broker redelivers).
+        work = asyncio.create_task(self._work(message))
+        self._in_flight.add(work)
         self._idle.clear()
-        queue = self._spec.name
+        work.add_done_callback(self._finished)
+        await asyncio.shield(work)
+
+    def _finished(self, work: asyncio.Task[None]) -> None:
+        self._in_flight.discard(work)
+        if not self._in_flight:
+            self._idle.set()
+
+    async def _work(self, message: AbstractIncomingMessage) -> None:
         correlation_id = message.headers.get(CORRELATION_HEADER) or message.correlation_id
+        delivery_id.set(uuid.uuid4().hex)
         try:
-            with (
-                structlog.contextvars.bound_contextvars(correlation_id=correlation_id),
-                HANDLE_SECONDS.labels(queue).time(),
-            ):
-                await self._handler(message)
-        except PoisonMessage as exc:
-            CONSUMED.labels(queue, "dead_lettered").inc()
-            log.error(
-                "message_dead_lettered", queue=queue, reason=str(exc), message_id=message.message_id
-            )
-            await self._settle(message.reject(requeue=False))
+            with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
+                await self._handle(message)
         except Exception:
-            CONSUMED.labels(queue, "requeued").inc()
-            log.exception("message_failed_will_retry", queue=queue, message_id=message.message_id)
-            await asyncio.sleep(self._retry_pause)
+            # A fault in the runner itself must not strand the message unsettled (it would
+            # sit unacknowledged until the connection dies): give it back to the queue.
+            log.exception("consumer_runner_failed", queue=self._spec.name)
             await self._settle(message.nack(requeue=True))
-        else:
-            CONSUMED.labels(queue, "acked").inc()
-            await self._settle(message.ack())
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        queue = self._spec.name
+        outages = 0
+        while True:
+            try:
+                with HANDLE_SECONDS.labels(queue).time():
+                    await self._handler(message)
+            except PoisonMessage as exc:
+                CONSUMED.labels(queue, "dead_lettered").inc()
+                log.error("message_dead_lettered", queue=queue, reason=str(exc))
+                await self._settle(message.reject(requeue=False))
+                return
+            except Exception as exc:
+                if is_outage(exc) and not self._stopping and not message.channel.is_closed:
+                    outages += 1
+                    await self._wait_out(exc, outages)
+                    continue
+                if self._stopping or message.channel.is_closed:
+                    # Unsettled: the broker gives it to another consumer once our channel closes.
+                    CONSUMED.labels(queue, "abandoned").inc()
+                    return
+                CONSUMED.labels(queue, "requeued").inc()
+                log.exception("message_failed_will_retry", queue=queue)
+                await asyncio.sleep(self._retry_pause)
+                await self._settle(message.nack(requeue=True))
+                return
+            else:
+                CONSUMED.labels(queue, "acked").inc()
+                await self._settle(message.ack())
+                return
+
+    async def _wait_out(self, exc: BaseException, outages: int) -> None:
+        if outages == 1 or outages % 10 == 0:
+            log.warning(
+                "dependency_outage_holding_message",
+                queue=self._spec.name,
+                attempt=outages,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        delay = min(self._max_outage_backoff, 0.1 * 2 ** min(outages, 10))
+        self._waiting_on_outage += 1
+        try:
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
         finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+            self._waiting_on_outage -= 1
 
     @staticmethod
     async def _settle(settlement: Awaitable[None]) -> None:
@@ -256,7 +367,9 @@ class Consumer:
             log.warning("settle_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def stop(self, timeout: float) -> None:
-        """Stop taking messages, let in-flight ones finish (up to `timeout`), close the channel."""
+        """Stop taking messages, let in-flight ones finish (up to `timeout`), then cancel what
+        is left unsettled (the broker redelivers it) and close the channel."""
+        self._stopping = True
         if self._queue is not None and self._tag is not None:
             with contextlib.suppress(Exception):
                 await self._queue.cancel(self._tag)
@@ -264,7 +377,10 @@ class Consumer:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
-            log.warning("drain_timeout", queue=self._spec.name, in_flight=self._in_flight)
+            log.warning("drain_timeout", queue=self._spec.name, in_flight=len(self._in_flight))
+            for task in list(self._in_flight):
+                task.cancel()
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()

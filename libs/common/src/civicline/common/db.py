@@ -7,10 +7,16 @@ import asyncpg
 from civicline.common.retry import retry_forever
 from civicline.common.settings import redact_url
 
+COMMAND_TIMEOUT = 15.0
+
 
 async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     async def attempt() -> asyncpg.Pool:
-        return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10)
+        # command_timeout bounds every query: on a black-holed network a query would otherwise
+        # wait for TCP to give up (minutes) while holding the message it works for.
+        return await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, timeout=10, command_timeout=COMMAND_TIMEOUT
+        )
 
     pool: asyncpg.Pool = await retry_forever(attempt, what=f"postgres {redact_url(dsn)}")
     return pool

@@ -24,6 +24,7 @@ SECRET_NAMES = frozenset(
         "WHATSAPP_ACCESS_TOKEN",
         "CIVICLINE_AMQP_URL",
         "CIVICLINE_DATABASE_URL",
+        "AUDIT_SIGNING_KEY",
     }
 )
 
@@ -62,8 +63,13 @@ class Settings:
     publish_timeout: float = 5.0
     prefetch: int = 64
     shutdown_timeout: float = 20.0
+    responder_max_retries: int = 25
     audit_batch_size: int = 256
     audit_batch_linger: float = 0.02
+    audit_signing_key: str = field(default="", repr=False)
+    audit_checkpoint_interval: float = 60.0
+    audit_checkpoint_size: int = 10_000
+    audit_checkpoint_dir: str | None = None
     router_rules_path: str | None = None
     responder_catalog_path: str | None = None
     log_level: str = "info"
@@ -138,8 +144,13 @@ class Settings:
             publish_timeout=seconds("CIVICLINE_PUBLISH_TIMEOUT", 5.0),
             prefetch=integer("CIVICLINE_PREFETCH", 64),
             shutdown_timeout=seconds("CIVICLINE_SHUTDOWN_TIMEOUT", 20.0),
+            responder_max_retries=integer("RESPONDER_MAX_RETRIES", 25),
             audit_batch_size=integer("AUDIT_BATCH_SIZE", 256),
             audit_batch_linger=seconds("AUDIT_BATCH_LINGER", 0.02),
+            audit_signing_key=values.get("AUDIT_SIGNING_KEY", ""),
+            audit_checkpoint_interval=seconds("AUDIT_CHECKPOINT_INTERVAL", 60.0),
+            audit_checkpoint_size=integer("AUDIT_CHECKPOINT_SIZE", 10_000),
+            audit_checkpoint_dir=values.get("AUDIT_CHECKPOINT_DIR") or None,
             router_rules_path=values.get("ROUTER_RULES_PATH") or None,
             responder_catalog_path=values.get("RESPONDER_CATALOG_PATH") or None,
             log_level=values.get("CIVICLINE_LOG_LEVEL", "info").lower(),
@@ -174,8 +185,13 @@ _ALL_NAMES = (
     "CIVICLINE_PUBLISH_TIMEOUT",
     "CIVICLINE_PREFETCH",
     "CIVICLINE_SHUTDOWN_TIMEOUT",
+    "RESPONDER_MAX_RETRIES",
     "AUDIT_BATCH_SIZE",
     "AUDIT_BATCH_LINGER",
+    "AUDIT_SIGNING_KEY",
+    "AUDIT_CHECKPOINT_INTERVAL",
+    "AUDIT_CHECKPOINT_SIZE",
+    "AUDIT_CHECKPOINT_DIR",
     "ROUTER_RULES_PATH",
     "RESPONDER_CATALOG_PATH",
     "CIVICLINE_LOG_LEVEL",

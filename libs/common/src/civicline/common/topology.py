@@ -39,14 +39,40 @@ def status_key(state: str) -> str:
     return f"status.{state}"
 
 
+def handoff_key(team: str) -> str:
+    return f"handoff.{team}"
+
+
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
     name: str
     binding_keys: tuple[str, ...]
+    # Delay queues (seconds) for work to be tried again later, e.g. a Graph API call Meta
+    # throttled. A retried message waits there without holding a consumer's prefetch slot,
+    # then expires back into this queue; being a new message, it does not burn the delivery
+    # limit, which stays reserved for crashes and poison.
+    retry_delays: tuple[int, ...] = ()
 
     @property
     def dead_letter_queue(self) -> str:
         return f"{self.name}.dlq"
+
+    def retry_queue(self, attempt: int) -> str:
+        """The delay queue for the `attempt`-th retry (1-based); the last delay repeats."""
+        delay = self.retry_delays[min(attempt, len(self.retry_delays)) - 1]
+        return f"{self.name}.retry.{delay}s"
+
+    def retry_arguments(self, delay: int) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-message-ttl": delay * 1000,
+            # The default exchange delivers straight back to this queue alone, so a retry is
+            # not routed (and audited) a second time.
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.name,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
 
     def arguments(self) -> dict[str, Any]:
         return {
@@ -60,7 +86,7 @@ class QueueSpec:
 
 
 ROUTER_INBOUND = QueueSpec("router.inbound", (INBOUND_WEBHOOK,))
-RESPONDER_MESSAGES = QueueSpec("responder.messages", ("message.#",))
+RESPONDER_MESSAGES = QueueSpec("responder.messages", ("message.#",), retry_delays=(1, 5, 30, 120))
 AUDIT_EVENTS = QueueSpec("audit.events", ("#",))
 QUEUES = (ROUTER_INBOUND, RESPONDER_MESSAGES, AUDIT_EVENTS)
 
@@ -84,6 +110,11 @@ async def declare(channel: AbstractChannel) -> Declared:
         )
         await dead_letters.bind(dlx, routing_key=spec.dead_letter_queue)
         queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments())
+        for delay in spec.retry_delays:
+            retry = await channel.declare_queue(
+                f"{spec.name}.retry.{delay}s", durable=True, arguments=spec.retry_arguments(delay)
+            )
+            queues[retry.name] = retry
         for key in spec.binding_keys:
             await queue.bind(exchange, routing_key=key)
         queues[spec.name] = queue

@@ -1,0 +1,60 @@
+"""Which failures mean "a dependency is unavailable, wait and try again" and which mean "this
+message is bad" or "this is a bug".
+
+Only outages are retried in place: a constraint violation or a type error retried forever would
+hide a bug and block a queue, so those go through the queue's delivery limit instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+import structlog
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+
+class DependencyUnavailable(Exception):
+    """RabbitMQ, Postgres or another dependency cannot be reached right now."""
+
+
+_POSTGRES_OUTAGES = (
+    asyncpg.PostgresConnectionError,  # class 08: the connection failed or was lost
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.exceptions.AdminShutdownError,  # 57P01: the server is stopping
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+    asyncpg.exceptions.TooManyConnectionsError,  # 53300
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when `exc` says a dependency is unreachable, not that the work is wrong."""
+    if isinstance(exc, (DependencyUnavailable, *_POSTGRES_OUTAGES, OSError, TimeoutError)):
+        return True
+    # asyncpg reports work on a connection that died as InterfaceError("connection is closed");
+    # other InterfaceErrors are programming errors.
+    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+
+
+async def outlast_outage(operation: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Run `operation`, retrying in place for as long as a dependency is unavailable.
+
+    For a write that must follow an effect already done outside (a message Meta accepted):
+    giving up there would lose the knowledge that it happened.
+    """
+    attempt = 0
+    while True:
+        try:
+            return await operation()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            attempt += 1
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning("waiting_for_dependency", what=what, attempt=attempt, error=str(exc))
+            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 10)) * (0.5 + random.random() / 2))

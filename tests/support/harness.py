@@ -1,0 +1,100 @@
+"""The reliability suite's harness: an isolated environment, the simulator as Meta, the four
+services as real processes, traffic, and the end-to-end count after each fault."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from civicline.simulator.server import Simulator
+from support.accounting import (
+    Outcome,
+    audit_is_gapless,
+    count,
+    queue_depths,
+    wait_until_settled,
+)
+from support.isolation import Environment
+from support.pipeline import APP_SECRET, Pipeline
+from support.tcpproxy import TcpProxy
+from support.traffic import TrafficLog, Webhook, deliver
+
+
+@dataclass
+class Harness:
+    environment: Environment
+    simulator: Simulator
+    pipeline: Pipeline
+    log_dir: Path
+
+    def traffic(
+        self, hooks: list[Webhook], log: TrafficLog, *, rate: float = 60.0
+    ) -> asyncio.Task[TrafficLog]:
+        """Start delivering `hooks` in the background at `rate` per second, as Meta would
+        (retrying whatever is not answered 200)."""
+        return asyncio.create_task(
+            deliver(self.pipeline.webhook_url, APP_SECRET, hooks, log=log, rate=rate)
+        )
+
+    async def settle_and_count(
+        self, scenario: str, log: TrafficLog, *, allow_dead_letters: int = 0
+    ) -> Outcome:
+        """Wait for the pipeline to finish the work, stop it gracefully, then count."""
+        await wait_until_settled(self.environment.database_url, self.simulator, log.accepted_wamids)
+        exit_codes = await self.pipeline.stop_all()
+        outcome = await count(scenario, log, self.environment.database_url, self.simulator)
+        print(outcome.line())
+        depths = await queue_depths(self.environment.amqp_url)
+        dead = {name: n for name, n in depths.items() if name.endswith(".dlq")}
+        live = {name: n for name, n in depths.items() if not name.endswith(".dlq")}
+        assert live == dict.fromkeys(live, 0), f"work left in queues: {live}"
+        assert sum(dead.values()) <= allow_dead_letters, f"dead letters: {dead}"
+        assert await audit_is_gapless(self.environment.database_url)
+        assert exit_codes == dict.fromkeys(exit_codes, 0), exit_codes
+        return outcome
+
+    async def audit_kinds(self, kind: str) -> int:
+        connection = await asyncpg.connect(self.environment.database_url)
+        try:
+            found: int = await connection.fetchval(
+                "SELECT count(*) FROM audit_log WHERE kind = $1", kind
+            )
+        finally:
+            await connection.close()
+        return found
+
+    async def dead_letters(self) -> dict[str, int]:
+        depths = await queue_depths(self.environment.amqp_url)
+        return {name: n for name, n in depths.items() if name.endswith(".dlq")}
+
+
+def assert_nothing_lost(outcome: Outcome, *, everything_accepted: bool = True) -> None:
+    if everything_accepted:
+        assert outcome.accepted == outcome.sent, outcome.line()
+    assert outcome.lost == 0, outcome.line()
+    assert outcome.audited == outcome.accepted, outcome.line()
+    assert outcome.unexpected == 0, outcome.line()
+    assert outcome.duplicate_replies == 0, outcome.line()
+    assert outcome.duplicate_audit_rows == 0, outcome.line()
+    assert outcome.unanswered == 0, outcome.line()
+
+
+async def wait_until(condition: Callable[[], bool], *, timeout: float = 60.0, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class ProxiedHarness:
+    """A harness whose services reach RabbitMQ and Postgres through fault-injecting proxies."""
+
+    harness: Harness
+    amqp: TcpProxy
+    postgres: TcpProxy
