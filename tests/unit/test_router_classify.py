@@ -204,6 +204,16 @@ def test_every_packaged_keyword_classifies_as_its_intent_or_an_earlier_one(rules
         "stop all",
         "그만",
         "Stop promotions",
+        "수신 중지",
+        "ストップ",
+        "配信解除",
+        # a few common others
+        "baja",
+        "Arrêt",
+        "ARRET",
+        "Stopp",
+        "abmelden",
+        "退订",
     ],
 )
 def test_opt_out_words(rules: Rules, text: str) -> None:
@@ -349,6 +359,41 @@ def test_message_types(rules: Rules, message_type: str, caption: str | None, exp
     assert classify(message(caption, message_type=message_type), rules).intent == expected
 
 
+@pytest.mark.parametrize(
+    ("message_type", "content"),
+    [
+        ("contacts", {"contacts": [{"name": {"formatted_name": "Kim"}}]}),
+        ("unsupported", {}),
+        ("order", {"catalog_id": "1"}),
+        ("request_welcome", {}),
+        ("video", {"id": "1", "mime_type": "video/mp4"}),
+    ],
+)
+def test_what_the_rules_cannot_place_is_unknown_and_gets_the_help_menu(
+    rules: Rules, message_type: str, content: dict[str, Any]
+) -> None:
+    route = classify(message(message_type=message_type, content=content), rules)
+    assert route == Route(intent="unknown", urgent=False, needs_reply=True)
+
+
+def test_a_system_notice_is_classified_but_not_answered(rules: Rules) -> None:
+    notice = message(
+        "User A changed from 821052347781 to 821099999999",
+        message_type="system",
+        content={"type": "user_changed_number", "wa_id": "821099999999"},
+    )
+    assert classify(notice, rules) == Route(intent="unknown", urgent=False, needs_reply=False)
+
+
+def test_abuse_reports_are_handed_to_the_protection_team(rules: Rules) -> None:
+    assert rules.handoffs == {"report_abuse": "protection"}
+    for text in ("I want to report domestic violence", "남편이 때려요", "虐待されています"):
+        assert classify(message(text), rules).handoff == "protection"
+    tapped = message("Report abuse", message_type="interactive", reply_id="menu_report_abuse")
+    assert classify(tapped, rules).handoff == "protection"
+    assert classify(message("투표소"), rules).handoff is None
+
+
 def test_abuse_reports_are_the_only_urgent_routes(rules: Rules) -> None:
     for text, expected in CITIZEN_SENTENCES:
         route = classify(message(text), rules)
@@ -395,7 +440,8 @@ def test_classify_is_total(text: str | None, message_type: str, reply_id: str | 
 
     assert route.intent in INTENTS
     assert route.urgent is (route.intent == "report_abuse")
-    assert route.needs_reply is (route.intent != "reaction")
+    assert route.needs_reply is (route.intent != "reaction" and message_type != "system")
+    assert route.handoff == ("protection" if route.intent == "report_abuse" else None)
 
 
 @given(text=st.text(), title=st.text(), reply_id=st.text())
@@ -460,6 +506,14 @@ def test_load_rules_from_a_path(tmp_path: Path) -> None:
         assert [rule.name for rule in loaded.intents] == ["shelter", "help"]
         assert loaded.reply_ids == {"shelter": "shelter"}
         assert loaded.reply_id_prefixes == (("shelter_", "shelter"),)
+
+
+def test_handoff_teams_from_a_rules_file(tmp_path: Path) -> None:
+    text = MINIMAL_RULES.replace("priority = 2", 'priority = 2\nhandoff = "front-desk_2"')
+    loaded = load_rules(write_rules(tmp_path, text))
+    assert loaded.handoffs == {"help": "front-desk_2"}
+    assert classify(message("help"), loaded).handoff == "front-desk_2"
+    assert classify(message("shelter"), loaded).handoff is None
 
 
 def test_lower_priority_number_wins(tmp_path: Path) -> None:
@@ -559,6 +613,11 @@ def test_not_utf8(tmp_path: Path) -> None:
             "message_types.location",
             "unknown intent 'shelters'",
         ),
+        (("priority = 2", 'priority = 2\nhandoff = "Agents"'), "intents.help.handoff", "team"),
+        (("priority = 2", 'priority = 2\nhandoff = "a.b"'), "intents.help.handoff", "'a.b'"),
+        (("priority = 2", 'priority = 2\nhandoff = "#"'), "intents.help.handoff", "team"),
+        (("priority = 2", 'priority = 2\nhandoff = ""'), "intents.help.handoff", "team"),
+        (("priority = 2", "priority = 2\nhandoff = 3"), "intents.help.handoff", "got 3"),
     ],
 )
 def test_invalid_rules_name_the_file_and_key(

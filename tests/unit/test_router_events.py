@@ -10,7 +10,9 @@ from civicline.router.core import DeliveryStatus, InboundMessage, Route
 from civicline.router.events import (
     ContactState,
     apply_message,
+    handoff_event,
     message_event,
+    routed_events,
     status_event,
 )
 
@@ -105,3 +107,88 @@ def test_language_is_remembered_only_from_messages_with_text() -> None:
     contact = ContactState(language="ja")
     assert apply_message(contact, inbound(text=None), VOTING, "en").language == "ja"
     assert apply_message(contact, inbound(), VOTING, "ko").language == "ko"
+
+
+def test_emoji_or_digits_alone_do_not_change_the_stored_language() -> None:
+    contact = ContactState(language="ko")
+    assert apply_message(contact, inbound(text="👍🙏"), VOTING, "en").language == "ko"
+    assert apply_message(contact, inbound(text="2026"), VOTING, "en").language == "ko"
+    assert apply_message(ContactState(), inbound(text="🆘"), VOTING, "en").language is None
+
+
+def test_a_repeated_stop_keeps_the_time_consent_was_withdrawn() -> None:
+    stop = Route("opt_out", urgent=False, needs_reply=True)
+    first = apply_message(ContactState(), inbound("STOP"), stop, "en")
+    again = apply_message(first, inbound("STOP", at=T0 + timedelta(days=1)), stop, "en")
+    assert again.opted_out_at == T0
+
+
+ABUSE = Route("report_abuse", urgent=True, needs_reply=True, handoff="protection")
+
+
+def test_routed_events_add_a_handoff_event_for_a_handed_off_intent() -> None:
+    message = inbound("남편이 때려요")
+    before, after = ContactState(), ContactState(language="ko", last_inbound_at=T0)
+    events = routed_events(
+        message, ABUSE, before=before, after=after, language="ko", raw_event_id="r1"
+    )
+    assert [e.kind for e in events] == ["message.report_abuse", "handoff.protection"]
+    message_payload, handoff = events[0].payload, events[1]
+    assert message_payload["handoff"] == "protection"
+    assert handoff.correlation_id == "wamid.A"
+    assert handoff.occurred_at == T0
+    assert handoff.event_id != events[0].event_id
+    assert handoff.payload["team"] == "protection"
+    assert handoff.payload["citizen"] == "821052347781"
+    assert handoff.payload["text"] == "남편이 때려요"
+    assert handoff.payload["language"] == "ko"
+    assert handoff.payload["urgent"] is True
+    assert handoff.payload["phone_number_id"] == "106512349876543"
+    decoded = Envelope.decode(handoff.encode())
+    assert decoded.payload["timestamp"] == "2026-11-03T09:00:00Z"
+
+
+def test_the_handoff_event_id_is_the_same_on_redelivery() -> None:
+    first = handoff_event(inbound(), ABUSE, language="ko", opted_out=False, raw_event_id="r1")
+    again = handoff_event(inbound(), ABUSE, language="ko", opted_out=False, raw_event_id="r2")
+    assert first.event_id == again.event_id
+
+
+def test_a_citizen_known_only_by_user_id_is_handed_off_by_that_id() -> None:
+    message = dataclasses.replace(inbound(), sender=None, sender_user_id="KR.8812")
+    event = handoff_event(message, ABUSE, language="ko", opted_out=False, raw_event_id="r")
+    assert (event.payload["citizen"], event.payload["from"]) == ("KR.8812", None)
+    assert event.payload["from_user_id"] == "KR.8812"
+
+
+def test_other_intents_publish_only_the_message_event() -> None:
+    events = routed_events(
+        inbound(),
+        VOTING,
+        before=ContactState(),
+        after=ContactState(),
+        language="ko",
+        raw_event_id="r",
+    )
+    assert [e.kind for e in events] == ["message.voting"]
+    assert events[0].payload["handoff"] is None
+
+
+def test_the_first_stop_is_answered_a_repeated_one_is_not() -> None:
+    stop = Route("opt_out", urgent=False, needs_reply=True)
+    opted_out = ContactState(opted_out=True, opted_out_at=T0)
+    (first,) = routed_events(
+        inbound("STOP"),
+        stop,
+        before=ContactState(),
+        after=opted_out,
+        language="en",
+        raw_event_id="r",
+    )
+    (again,) = routed_events(
+        inbound("STOP"), stop, before=opted_out, after=opted_out, language="en", raw_event_id="r"
+    )
+    assert first.payload["needs_reply"] is True
+    assert again.payload["needs_reply"] is False
+    assert again.payload["opted_out"] is True
+    assert again.kind == "message.opt_out"

@@ -20,6 +20,7 @@ __all__ = [
     "Route",
     "WebhookError",
     "detect_language",
+    "has_letters",
     "parse_webhook",
 ]
 
@@ -130,11 +131,13 @@ class ParsedWebhook:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where a classified message goes: `message.<intent>`."""
+    """Where a classified message goes: `message.<intent>`, and `handoff.<team>` when the
+    intent is handed to people (`handoff` names the team)."""
 
     intent: str
     urgent: bool
     needs_reply: bool
+    handoff: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,29 +538,53 @@ def _is_han(char: str) -> bool:
     )
 
 
-def detect_language(text: str | None, stored: str | None) -> str:
-    """The language to answer in, from the message's script and the stored preference.
+# A Latin (or other alphabetic) letter carries about a third of what a Hangul syllable, a kana
+# or a Han ideograph does: English words average five letters, Korean and Japanese ones two or
+# three characters. Beyond this many letters per CJK character, the CJK is only a quoted name.
+_LETTERS_PER_CJK_CHARACTER = 3
 
-    Hangul means Korean and kana means Japanese, whatever was stored. Han ideographs
-    alone are shared by both (and by Chinese): they keep a stored "ja" or "ko" and
-    otherwise mean Japanese. The Han rule applies only when ideographs are at least as
-    many as the other letters, so an English sentence quoting "新宿" stays English.
-    Anything else keeps the stored language, or English when there is none.
+
+def has_letters(text: str | None) -> bool:
+    """True when the text has a letter of any script: evidence of the writer's language
+    (emoji, digits and punctuation alone are none)."""
+    return text is not None and any(unicodedata.category(c).startswith("L") for c in text)
+
+
+def detect_language(text: str | None, stored: str | None) -> str:
+    """The language to answer in, from the message's scripts and the stored preference.
+
+    Korean and Japanese are told by the scripts a writer switches keyboards for: Hangul counts
+    for Korean, kana for Japanese, and Han ideographs count with the kana when there are any
+    (Japanese writes them together) and with the Hangul otherwise (hanja). In a message mixing
+    both, the larger count wins and, on a tie, the script written first. Han alone is shared by
+    Japanese, Korean and Chinese: it keeps a stored "ja" or "ko" and otherwise means Japanese.
+    A message whose Latin (or other) letters outnumber its CJK characters more than three to
+    one is a sentence quoting a name ("I live near 新宿"), as is one with no CJK at all: it,
+    and emoji-only or empty text, keeps the stored language, or English when there is none.
     """
     fallback = stored if stored else "en"
     if not text:
         return fallback
-    han = 0
-    other_letters = 0
+    hangul = kana = han = other_letters = 0
+    first: str | None = None
     for char in text:
         if _is_hangul(char):
-            return "ko"
-        if _is_kana(char):
-            return "ja"
-        if _is_han(char):
+            hangul += 1
+            first = first or "ko"
+        elif _is_kana(char):
+            kana += 1
+            first = first or "ja"
+        elif _is_han(char):
             han += 1
         elif unicodedata.category(char).startswith("L"):
             other_letters += 1
-    if han and han >= other_letters:
+    cjk = hangul + kana + han
+    if not cjk or other_letters > _LETTERS_PER_CJK_CHARACTER * cjk:
+        return fallback
+    if not hangul and not kana:
         return stored if stored in ("ja", "ko") else "ja"
-    return fallback
+    korean = hangul + (0 if kana else han)
+    japanese = kana + (han if kana else 0)
+    if korean != japanese:
+        return "ko" if korean > japanese else "ja"
+    return first or fallback

@@ -11,8 +11,20 @@ from datetime import datetime
 from typing import Any
 
 from civicline.common.envelope import Envelope, event_id
-from civicline.common.topology import INBOUND_ERROR, INBOUND_REJECTED, message_key, status_key
-from civicline.router.core import DeliveryStatus, InboundMessage, Route, WebhookError
+from civicline.common.topology import (
+    INBOUND_ERROR,
+    INBOUND_REJECTED,
+    handoff_key,
+    message_key,
+    status_key,
+)
+from civicline.router.core import (
+    DeliveryStatus,
+    InboundMessage,
+    Route,
+    WebhookError,
+    has_letters,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +58,13 @@ def apply_message(
     if contact.last_inbound_at is not None and contact.last_inbound_at > last_inbound:
         last_inbound = contact.last_inbound_at
     updated = replace(contact, last_inbound_at=last_inbound)
-    if message.text:
+    # Only letters say which language someone writes: "👍" or "12" must not reset it to English.
+    if has_letters(message.text):
         updated = replace(updated, language=language)
     if route.intent == "opt_out":
-        updated = replace(updated, opted_out=True, opted_out_at=message.timestamp)
+        # A repeated STOP keeps the time of the first: that is when consent was withdrawn.
+        since = contact.opted_out_at if contact.opted_out else message.timestamp
+        updated = replace(updated, opted_out=True, opted_out_at=since)
     elif route.intent == "opt_in":
         updated = replace(updated, opted_out=False, opted_out_at=None)
     return updated
@@ -78,6 +93,7 @@ def message_event(
         "urgent": route.urgent,
         "needs_reply": route.needs_reply,
         "opted_out": opted_out,
+        "handoff": route.handoff,
         "raw_event_id": raw_event_id,
     }
     return Envelope(
@@ -87,6 +103,75 @@ def message_event(
         correlation_id=message.wamid,
         payload=payload,
     )
+
+
+def handoff_event(
+    message: InboundMessage, route: Route, *, language: str, opted_out: bool, raw_event_id: str
+) -> Envelope:
+    """`handoff.<team>`: the citizen's message, for the agency's agent tool or CRM to pick up.
+
+    Everything a person needs to answer is in it: who (wa_id and/or business-scoped user id,
+    the business number to answer from), in which language, and what they wrote or shared.
+    """
+    assert route.handoff is not None
+    return Envelope(
+        event_id=event_id("handoff", message.wamid),
+        kind=handoff_key(route.handoff),
+        occurred_at=message.timestamp,
+        correlation_id=message.wamid,
+        payload={
+            "team": route.handoff,
+            "wamid": message.wamid,
+            "phone_number_id": message.phone_number_id,
+            "citizen": message.citizen_key(),
+            "from": message.sender,
+            "from_user_id": message.sender_user_id,
+            "profile_name": message.profile_name,
+            "timestamp": message.timestamp,
+            "intent": route.intent,
+            "urgent": route.urgent,
+            "language": language,
+            "type": message.type,
+            "text": message.text,
+            "content": message.content,
+            "opted_out": opted_out,
+            "raw_event_id": raw_event_id,
+        },
+    )
+
+
+def routed_events(
+    message: InboundMessage,
+    route: Route,
+    *,
+    before: ContactState,
+    after: ContactState,
+    language: str,
+    raw_event_id: str,
+) -> list[Envelope]:
+    """`message.<intent>`, plus `handoff.<team>` for an intent handed to people.
+
+    A STOP from a citizen who had already opted out needs no reply: they get one confirmation,
+    not one per STOP.
+    """
+    if route.intent == "opt_out" and before.opted_out:
+        route = replace(route, needs_reply=False)
+    events = [
+        message_event(
+            message, route, language=language, opted_out=after.opted_out, raw_event_id=raw_event_id
+        )
+    ]
+    if route.handoff is not None:
+        events.append(
+            handoff_event(
+                message,
+                route,
+                language=language,
+                opted_out=after.opted_out,
+                raw_event_id=raw_event_id,
+            )
+        )
+    return events
 
 
 def status_event(status: DeliveryStatus, *, raw_event_id: str) -> Envelope:

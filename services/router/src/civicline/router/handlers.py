@@ -19,8 +19,8 @@ from civicline.router.events import (
     apply_message,
     error_event,
     message_dedup_key,
-    message_event,
     rejected_event,
+    routed_events,
     status_dedup_key,
     status_event,
 )
@@ -86,16 +86,15 @@ async def _new_events(
         contact = await adapters.lock_contact(connection, inbound.phone_number_id, citizen)
         language = detect_language(inbound.text, contact.language)
         route = classify(inbound, rules)
-        contact = apply_message(contact, inbound, route, language)
-        await adapters.save_contact(connection, inbound.phone_number_id, citizen, contact)
-        events.append(
-            message_event(
-                inbound,
-                route,
-                language=language,
-                opted_out=contact.opted_out,
-                raw_event_id=raw_event_id,
-            )
+        updated = apply_message(contact, inbound, route, language)
+        await adapters.save_contact(connection, inbound.phone_number_id, citizen, updated)
+        events += routed_events(
+            inbound,
+            route,
+            before=contact,
+            after=updated,
+            language=language,
+            raw_event_id=raw_event_id,
         )
     events += [
         status_event(status, raw_event_id=raw_event_id)

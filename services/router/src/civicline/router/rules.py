@@ -10,7 +10,7 @@ import re
 import tomllib
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -45,7 +45,12 @@ _SPACED_LETTER = re.compile(f"[{_SPACED_LETTERS}]")
 _WILDCARD = "*"
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
 _TOP_LEVEL_KEYS = frozenset({"version", "message_types", "opt_out", "opt_in", "intents"})
-_INTENT_KEYS = frozenset({"priority", "keywords", "exclude", "reply_ids"})
+_INTENT_KEYS = frozenset({"priority", "keywords", "exclude", "reply_ids", "handoff"})
+# A hand-off team becomes a routing-key word (`handoff.<team>`): no dots, no wildcards.
+_TEAM = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# System notices (e.g. "user changed number") are not written by the citizen: they are
+# classified and published, but answering them would be a message out of nowhere.
+_UNANSWERED_TYPES = frozenset({"system"})
 _OPT_KEYS = frozenset({"words", "reply_ids"})
 
 
@@ -85,6 +90,8 @@ class Rules:
     opt_out_words: frozenset[str]
     opt_in_words: frozenset[str]
     message_types: Mapping[str, str]
+    # intent -> the team that takes it over (`handoff = "<team>"` in the rules file)
+    handoffs: Mapping[str, str] = field(default_factory=dict)
 
 
 def normalise_text(text: str) -> str:
@@ -112,8 +119,13 @@ def _is_edge_noise(char: str) -> bool:
     return unicodedata.category(char)[0] in "PSZC" or "\ufe00" <= char <= "\ufe0f"
 
 
-def _route(intent: str) -> Route:
-    return Route(intent=intent, urgent=intent in URGENT_INTENTS, needs_reply=intent != "reaction")
+def _route(intent: str, rules: Rules, *, needs_reply: bool = True) -> Route:
+    return Route(
+        intent=intent,
+        urgent=intent in URGENT_INTENTS,
+        needs_reply=needs_reply and intent != "reaction",
+        handoff=rules.handoffs.get(intent),
+    )
 
 
 def classify(message: InboundMessage, rules: Rules) -> Route:
@@ -121,16 +133,18 @@ def classify(message: InboundMessage, rules: Rules) -> Route:
 
     Order: reactions; an interactive / template reply id we issued; a whole-message
     opt-out or opt-in word; keywords in priority order (report_abuse first); the
-    message type (location -> shelter); otherwise unknown.
+    message type (location -> shelter); otherwise unknown, which is answered with the help
+    menu. System notices are classified but need no reply. An intent marked for hand-off
+    carries its team.
     """
     if message.type == "reaction":
-        return _route("reaction")
+        return _route("reaction", rules)
     intent = _intent_for_reply_id(message.reply_id, rules)
     if intent is None and isinstance(message.text, str):
         intent = _intent_for_text(message.text, rules)
     if intent is None:
         intent = rules.message_types.get(message.type)
-    return _route(intent or "unknown")
+    return _route(intent or "unknown", rules, needs_reply=message.type not in _UNANSWERED_TYPES)
 
 
 def _intent_for_reply_id(reply_id: str | None, rules: Rules) -> str | None:
@@ -250,6 +264,11 @@ class _Validator:
             opt_out_words=opt_out,
             opt_in_words=opt_in,
             message_types=self.message_types(document.get("message_types")),
+            handoffs={
+                name: self.handoff(name, body.get("handoff"))
+                for name, body in intents_table.items()
+                if isinstance(body, dict) and "handoff" in body
+            },
         )
 
     def table(self, key: str, value: object, *, required: bool = False) -> dict[str, Any]:
@@ -333,6 +352,14 @@ class _Validator:
                     f"{owner}.reply_ids", f"{reply_id!r} is already a reply id of {previous!r}"
                 )
         return reply_ids
+
+    def handoff(self, intent: str, value: object) -> str:
+        if not isinstance(value, str) or not _TEAM.fullmatch(value):
+            raise self.fail(
+                f"intents.{intent}.handoff",
+                f"must be a team name of lower-case letters, digits, '_' or '-', got {value!r}",
+            )
+        return value
 
     def message_types(self, value: object) -> dict[str, str]:
         table = self.table("message_types", value)

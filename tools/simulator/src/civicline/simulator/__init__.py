@@ -4,7 +4,13 @@ from civicline.simulator.client import send_citizen_message, send_webhook
 from civicline.simulator.server import Simulator, create_app
 from civicline.simulator.signing import SIGNATURE_HEADER, sign
 from civicline.simulator.state import Fault, RecordedRead, RecordedSend
-from civicline.simulator.webhooks import status_webhook, text_message_webhook
+from civicline.simulator.webhooks import (
+    interactive_reply_webhook,
+    location_message_webhook,
+    message_webhook,
+    status_webhook,
+    text_message_webhook,
+)
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -13,6 +19,9 @@ __all__ = [
     "RecordedSend",
     "Simulator",
     "create_app",
+    "interactive_reply_webhook",
+    "location_message_webhook",
+    "message_webhook",
     "send_citizen_message",
     "send_webhook",
     "sign",

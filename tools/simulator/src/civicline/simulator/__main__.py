@@ -1,7 +1,8 @@
 """`civicline-simulator`: serve Meta's Graph API locally, or play a citizen texting the ingress.
 
-civicline-simulator serve [--host H] [--port P] [--access-token T]
+civicline-simulator serve [--host H] [--port P] [--access-token T] [--enforce-window]
 civicline-simulator send --text "투표소 위치 알려주세요" [--from WA_ID] [--wait SECONDS]
+civicline-simulator send --location 37.4979,127.0276 [--user-id KR.1234] …
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ import aiohttp
 
 from civicline.simulator.client import send_webhook
 from civicline.simulator.server import Simulator
-from civicline.simulator.webhooks import DEFAULT_PHONE_NUMBER_ID, text_message_webhook
+from civicline.simulator.webhooks import (
+    DEFAULT_PHONE_NUMBER_ID,
+    location_message_webhook,
+    text_message_webhook,
+)
 
 log = logging.getLogger("civicline.simulator")
 
@@ -88,10 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept only this bearer token (default: $WHATSAPP_ACCESS_TOKEN[_FILE]; "
         "unset: any non-empty token)",
     )
+    serve.add_argument(
+        "--enforce-window",
+        action="store_true",
+        help="refuse free-form sends outside the citizen's 24-hour window (131047), as Meta does",
+    )
 
     send = commands.add_parser("send", help="send one signed citizen message and await the reply")
-    send.add_argument("--text", required=True, help="the citizen's message")
+    what = send.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help="the citizen's message")
+    what.add_argument(
+        "--location", type=_coordinates, help="share a location instead: LATITUDE,LONGITUDE"
+    )
     send.add_argument("--from", dest="wa_id", default=DEFAULT_CITIZEN, help="citizen wa_id")
+    send.add_argument(
+        "--user-id",
+        help="a citizen known only by a username: their business-scoped user id (no --from)",
+    )
     send.add_argument("--name", help="the citizen's WhatsApp profile name")
     send.add_argument("--phone-number-id", default=DEFAULT_PHONE_NUMBER_ID)
     send.add_argument(
@@ -115,9 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _coordinates(value: str) -> tuple[float, float]:
+    try:
+        latitude, longitude = (float(part) for part in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LATITUDE,LONGITUDE, got {value!r}") from None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a place on Earth")
+    return latitude, longitude
+
+
 @dataclass(frozen=True, slots=True)
 class SendOptions:
-    text: str
+    text: str | None
     wa_id: str
     profile_name: str | None
     phone_number_id: str
@@ -125,16 +153,47 @@ class SendOptions:
     simulator_url: str
     wait: float
     secret: str = field(repr=False)
+    location: tuple[float, float] | None = None
+    user_id: str | None = None
+
+    @property
+    def citizen(self) -> str:
+        """Who the reply goes to: the business-scoped user id, else the wa_id."""
+        return self.user_id or self.wa_id
+
+    def webhook(self) -> tuple[bytes, str]:
+        wa_id = None if self.user_id else self.wa_id
+        if self.location is not None:
+            latitude, longitude = self.location
+            return location_message_webhook(
+                latitude=latitude,
+                longitude=longitude,
+                wa_id=wa_id,
+                user_id=self.user_id,
+                profile_name=self.profile_name,
+                phone_number_id=self.phone_number_id,
+            )
+        return text_message_webhook(
+            wa_id=wa_id,
+            user_id=self.user_id,
+            text=self.text or "",
+            profile_name=self.profile_name,
+            phone_number_id=self.phone_number_id,
+        )
 
 
-async def serve(host: str, port: int, access_token: str | None) -> int:
+async def serve(
+    host: str, port: int, access_token: str | None, *, enforce_window: bool = False
+) -> int:
     """Serve until SIGINT or SIGTERM, then close the listener and exit cleanly."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with Simulator(host, port, access_token=access_token) as sim:
+        async with Simulator(
+            host, port, access_token=access_token, enforce_window=enforce_window
+        ) as sim:
             log.info(
                 "serving the Graph API on %s (bearer token check: %s)",
                 sim.base_url,
@@ -149,11 +208,55 @@ async def serve(host: str, port: int, access_token: str | None) -> int:
 
 
 def _reply_text(send: Mapping[str, Any]) -> str:
+    """What the citizen would see, as text: menus with their choices, pins with coordinates;
+    anything else as the JSON that was sent."""
     body = send.get("body", {})
-    text = body.get("text") if body.get("type", "text") == "text" else None
-    if isinstance(text, dict) and isinstance(text.get("body"), str):
-        return str(text["body"])
+    kind = body.get("type", "text")
+    content = body.get(kind)
+    if not isinstance(content, dict):
+        return json.dumps(body, ensure_ascii=False, indent=2)
+    if kind == "text" and isinstance(content.get("body"), str):
+        return str(content["body"])
+    if kind == "interactive":
+        return _interactive_text(content)
+    if kind == "location":
+        place = [str(content[k]) for k in ("name", "address") if content.get(k)]
+        place.append(f"📍 {content.get('latitude')}, {content.get('longitude')}")
+        return "\n".join(place)
+    if kind == "template":
+        language = (content.get("language") or {}).get("code")
+        parameters = [
+            str(p.get("text"))
+            for c in content.get("components", [])
+            for p in c.get("parameters", [])
+            if p.get("type") == "text"
+        ]
+        return f"[template {content.get('name')} ({language})] " + " | ".join(parameters)
     return json.dumps(body, ensure_ascii=False, indent=2)
+
+
+def _interactive_text(interactive: Mapping[str, Any]) -> str:
+    lines = [
+        str(part["text"])
+        for part in (interactive.get("header"), interactive.get("body"))
+        if isinstance(part, dict) and part.get("text")
+    ]
+    action = interactive.get("action") or {}
+    for button in action.get("buttons", []):
+        reply = button.get("reply", {})
+        lines.append(f"  [{reply.get('title')}]  (id {reply.get('id')})")
+    if action.get("sections"):
+        lines.append(f"  ≡ {action.get('button')}")
+    for section in action.get("sections", []):
+        if section.get("title"):
+            lines.append(f"    {section['title']}")
+        for row in section.get("rows", []):
+            detail = f" – {row['description']}" if row.get("description") else ""
+            lines.append(f"    • {row.get('title')}{detail}  (id {row.get('id')})")
+    footer = interactive.get("footer")
+    if isinstance(footer, dict) and footer.get("text"):
+        lines.append(str(footer["text"]))
+    return "\n".join(lines)
 
 
 async def _last_sequence(session: aiohttp.ClientSession, simulator_url: str) -> int:
@@ -163,6 +266,12 @@ async def _last_sequence(session: aiohttp.ClientSession, simulator_url: str) -> 
     return int(stats["last_sequence"])
 
 
+async def _open_window(session: aiohttp.ClientSession, simulator_url: str, citizen: str) -> None:
+    """The citizen writes now, which opens their 24-hour window (see `serve --enforce-window`)."""
+    async with session.post(f"{simulator_url}/_sim/windows", json={"citizen": citizen}) as response:
+        response.raise_for_status()
+
+
 async def _wait_for_reply(
     session: aiohttp.ClientSession, options: SendOptions, wamid: str, after: int
 ) -> dict[str, Any] | None:
@@ -170,7 +279,7 @@ async def _wait_for_reply(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.wait
     url = f"{options.simulator_url}/_sim/sent"
-    query = {"to": options.wa_id, "after": str(after)}
+    query = {"to": options.citizen, "after": str(after)}
     while True:
         try:
             async with session.get(url, params=query) as response:
@@ -189,17 +298,13 @@ async def _wait_for_reply(
 
 async def send(options: SendOptions) -> int:
     """Post one signed citizen message; with `wait`, print the reply the simulator recorded."""
-    body, wamid = text_message_webhook(
-        wa_id=options.wa_id,
-        text=options.text,
-        profile_name=options.profile_name,
-        phone_number_id=options.phone_number_id,
-    )
+    body, wamid = options.webhook()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         after = 0
         if options.wait > 0:
             try:
                 after = await _last_sequence(session, options.simulator_url)
+                await _open_window(session, options.simulator_url, options.citizen)
             except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
                 raise CliError(
                     f"the simulator at {options.simulator_url} is not reachable ({exc}); "
@@ -210,7 +315,7 @@ async def send(options: SendOptions) -> int:
         except (aiohttp.ClientError, TimeoutError) as exc:
             print(f"error: cannot post to {options.webhook_url}: {exc}", file=sys.stderr)
             return 1
-        print(f"webhook {wamid} from {options.wa_id}: HTTP {status}")
+        print(f"webhook {wamid} from {options.citizen}: HTTP {status}")
         if status != 200:
             print(f"error: the ingress answered HTTP {status}, not 200", file=sys.stderr)
             return 1
@@ -219,7 +324,7 @@ async def send(options: SendOptions) -> int:
         reply = await _wait_for_reply(session, options, wamid, after)
     if reply is None:
         print(
-            f"error: no reply to {options.wa_id} recorded by the simulator within "
+            f"error: no reply to {options.citizen} recorded by the simulator within "
             f"{options.wait:g}s",
             file=sys.stderr,
         )
@@ -243,11 +348,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 else _port(source, "SIMULATOR_PORT", DEFAULT_SIMULATOR_PORT)
             )
             token = args.access_token or read_secret(source, "WHATSAPP_ACCESS_TOKEN")
-            return asyncio.run(serve(args.host, port, token))
+            return asyncio.run(serve(args.host, port, token, enforce_window=args.enforce_window))
         ingress_port = _port(source, "INGRESS_PORT", DEFAULT_INGRESS_PORT)
         simulator_port = _port(source, "SIMULATOR_PORT", DEFAULT_SIMULATOR_PORT)
         options = SendOptions(
             text=args.text,
+            location=args.location,
+            user_id=args.user_id,
             wa_id=args.wa_id,
             profile_name=args.name,
             phone_number_id=args.phone_number_id,

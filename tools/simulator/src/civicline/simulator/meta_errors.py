@@ -69,6 +69,7 @@ META_ERROR_CODES: Final[Mapping[int, MetaErrorCode]] = {
         _entry(131056, "(Business Account, Consumer Account) pair rate limit hit", 400),
         _entry(132000, "Number of parameters does not match the expected number of params", 400),
         _entry(132001, "Template name does not exist in the translation", 400),
+        _entry(132018, "There was an issue with the parameters in your template", 400),
         _entry(133010, "Phone number not registered", 400),
         _entry(133016, "Account register deregister rate limit exceeded", 400),
     )

@@ -100,12 +100,20 @@ async def post_messages(request: web.Request) -> web.Response:
         return _json({"success": True})
 
     to = body.get("to")
-    fault = state.take_fault(to if isinstance(to, str) else None)
+    recipient = to if isinstance(to, str) else body.get("recipient")
+    fault = state.take_fault(recipient if isinstance(recipient, str) else None)
     if fault is not None:
         if fault.delay_ms:
             await asyncio.sleep(fault.delay_ms / 1000)
         if fault.fails:
             return await _fail(request, state, fault, body)
+    if (
+        state.enforce_window
+        and body.get("type", "text") != "template"
+        and not state.window_open(recipient if isinstance(recipient, str) else None, time.time())
+    ):
+        # Outside the 24-hour window only templates are delivered (reference §6).
+        return await _fail(request, state, Fault(http_status=400, code=131047), body)
 
     wamid = new_wamid()
     send = RecordedSend(
@@ -221,6 +229,22 @@ async def delete_faults(request: web.Request) -> web.Response:
     return _json({"cleared": request.app[STATE_KEY].clear_faults()})
 
 
+async def post_windows(request: web.Request) -> web.Response:
+    """`POST /_sim/windows` with `{"citizen": "...", "at": <Unix seconds, default now>}`: the
+    citizen wrote to us, so free-form replies may go to them for 24 hours from `at`."""
+    try:
+        spec = orjson.loads(await request.read())
+        citizen, at = spec["citizen"], spec.get("at", time.time())
+        if not isinstance(citizen, str) or not citizen:
+            raise ValueError("citizen must be a non-empty string")
+        if isinstance(at, bool) or not isinstance(at, int | float):
+            raise ValueError("at must be Unix seconds")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        return _json({"error": f"expected {{citizen, at?}}: {exc}"}, status=400)
+    request.app[STATE_KEY].open_window(citizen, float(at))
+    return _json({"citizen": citizen, "at": at})
+
+
 async def get_stats(request: web.Request) -> web.Response:
     return _json(request.app[STATE_KEY].stats())
 
@@ -230,12 +254,21 @@ async def get_health(_: web.Request) -> web.Response:
 
 
 def create_app(
-    *, access_token: str | None = None, phone_number_ids: Iterable[str] | None = None
+    *,
+    access_token: str | None = None,
+    phone_number_ids: Iterable[str] | None = None,
+    enforce_window: bool = False,
 ) -> web.Application:
     """The simulator app. With `access_token` only that bearer token is accepted (else any);
-    with `phone_number_ids` sends from other numbers fail as they would at Meta."""
+    with `phone_number_ids` sends from other numbers fail as they would at Meta; with
+    `enforce_window` a free-form send to a citizen whose 24-hour window is not open (see
+    `POST /_sim/windows`) fails with 131047, as at Meta."""
     app = web.Application()
-    app[STATE_KEY] = SimulatorState(access_token=access_token, phone_number_ids=phone_number_ids)
+    app[STATE_KEY] = SimulatorState(
+        access_token=access_token,
+        phone_number_ids=phone_number_ids,
+        enforce_window=enforce_window,
+    )
     app.router.add_post(r"/{version:v\d+\.\d+}/{phone_number_id}/messages", post_messages)
     app.router.add_get("/_sim/sent", get_sent)
     app.router.add_delete("/_sim/sent", delete_sent)
@@ -243,6 +276,7 @@ def create_app(
     app.router.add_get("/_sim/faults", get_faults)
     app.router.add_post("/_sim/faults", post_faults)
     app.router.add_delete("/_sim/faults", delete_faults)
+    app.router.add_post("/_sim/windows", post_windows)
     app.router.add_get("/_sim/stats", get_stats)
     app.router.add_get("/_sim/health", get_health)
     return app
@@ -262,10 +296,15 @@ class Simulator:
         *,
         access_token: str | None = None,
         phone_number_ids: Iterable[str] | None = None,
+        enforce_window: bool = False,
     ) -> None:
         self.host = host
         self.port = port
-        self.app = create_app(access_token=access_token, phone_number_ids=phone_number_ids)
+        self.app = create_app(
+            access_token=access_token,
+            phone_number_ids=phone_number_ids,
+            enforce_window=enforce_window,
+        )
         self._runner: web.AppRunner | None = None
 
     def __repr__(self) -> str:
@@ -328,6 +367,10 @@ class Simulator:
                 f"expected {count} sends{target} within {timeout}s, got {got}"
             ) from None
         return self.state.sends(to)
+
+    def open_window(self, citizen: str, at: float | None = None) -> None:
+        """The citizen wrote at `at` (Unix seconds, default now): see `enforce_window`."""
+        self.state.open_window(citizen, time.time() if at is None else at)
 
     def inject_faults(self, faults: Iterable[Fault | Mapping[str, Any]]) -> None:
         """Script failures for the next sends, in order (same shape as `POST /_sim/faults`)."""

@@ -15,6 +15,8 @@ from typing import Any, Final
 from civicline.simulator.meta_errors import describe
 from civicline.simulator.validation import normalise_wa_id
 
+# Meta's customer-service window (reference §6).
+CUSTOMER_SERVICE_WINDOW_SECONDS: Final = 24 * 3600
 # Request headers never kept: the access token must not leak into recordings or logs.
 _UNRECORDED_HEADERS: Final = frozenset({"authorization", "cookie", "proxy-authorization"})
 
@@ -193,10 +195,17 @@ class SimulatorState:
     """In-memory recordings and the fault script; one per app, used from one event loop."""
 
     def __init__(
-        self, *, access_token: str | None = None, phone_number_ids: Iterable[str] | None = None
+        self,
+        *,
+        access_token: str | None = None,
+        phone_number_ids: Iterable[str] | None = None,
+        enforce_window: bool = False,
     ) -> None:
         self._access_token = access_token or None
         self.phone_number_ids = frozenset(phone_number_ids) if phone_number_ids else None
+        # With enforce_window, free-form sends need an open 24-hour window (else 131047).
+        self.enforce_window = enforce_window
+        self._last_inbound: dict[str, float] = {}
         self._sends: list[RecordedSend] = []
         self._reads: list[RecordedRead] = []
         self._faults: list[Fault] = []
@@ -266,6 +275,17 @@ class SimulatorState:
         cleared = len(self._faults)
         self._faults.clear()
         return cleared
+
+    def open_window(self, citizen: str, at: float) -> None:
+        """The citizen wrote at `at` (Unix seconds): their 24-hour window runs from then."""
+        key = normalise_wa_id(citizen) or citizen
+        self._last_inbound[key] = max(at, self._last_inbound.get(key, at))
+
+    def window_open(self, citizen: str | None, now: float) -> bool:
+        if citizen is None:
+            return False
+        last = self._last_inbound.get(normalise_wa_id(citizen) or citizen)
+        return last is not None and now - last < CUSTOMER_SERVICE_WINDOW_SECONDS
 
     def take_fault(self, to: str | None) -> Fault | None:
         """Consume one use of the first scripted fault that applies to a send to `to`."""

@@ -2,11 +2,14 @@
 
 Limits come from shared/reference/whatsapp-cloud-api.md §5. Malformed requests get code 100
 (invalid parameter); interactive messages that break a documented limit get 131009 and a missing
-interactive part 131008, as Meta answers them.
+interactive part 131008, as Meta answers them; template parameter text Meta refuses (a newline,
+a tab, more than 4 spaces in a row) gets 132018.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
@@ -28,6 +31,20 @@ MESSAGE_TYPES: Final = frozenset(
 MEDIA_TYPES: Final = frozenset({"image", "document", "audio", "video", "sticker"})
 _CAPTIONED: Final = frozenset({"image", "document", "video"})
 TEXT_BODY_MAX: Final = 4096
+BUTTONS_BODY_MAX: Final = 1024
+# Meta's list page allows 4096 characters of body text (interactive-list-messages.md).
+LIST_BODY_MAX: Final = 4096
+# A business-scoped user id: ISO country code, ".", up to 128 alphanumerics; a parent id has
+# ".ENT." in between (reference §3).
+_BSUID = re.compile(r"[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}")
+_TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
+_TEMPLATE_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2}|_[A-Z][a-z]{3})?")
+_BAD_PARAMETER_TEXT = re.compile(r"[\n\t]| {5,}")
+_COMPONENT_TYPES: Final = frozenset({"header", "body", "button"})
+_PARAMETER_TYPES: Final = frozenset(
+    {"text", "currency", "date_time", "image", "document", "video", "location", "payload"}
+)
+_BUTTON_HEADER_TYPES: Final = frozenset({"text", "image", "video", "document"})
 INTERACTIVE_TYPES: Final = frozenset(
     {
         "button",
@@ -97,8 +114,12 @@ def check_request(body: object) -> Literal["message", "read"]:
         )
     to = body.get("to")
     if to is None:
-        if not _is_text(body.get("recipient")):  # a BSUID, for username-only users (§3, §5)
+        # A BSUID, for citizens known only by a username (reference §3, §5).
+        recipient = body.get("recipient")
+        if recipient is None:
             raise _param("The parameter to is required.")
+        if not (isinstance(recipient, str) and _BSUID.fullmatch(recipient)):
+            raise _param(f'Param recipient must be a business-scoped user id - got "{recipient}".')
     elif not (isinstance(to, str) and normalise_wa_id(to)):
         raise _param(f'Param to must be a phone number or WhatsApp id - got "{to}".')
     message_type = body.get("type", "text")  # Meta defaults a missing type to text
@@ -145,20 +166,69 @@ def _check_text(_: str, text: Mapping[str, Any]) -> None:
 
 
 def _check_template(_: str, template: Mapping[str, Any]) -> None:
-    if not _is_text(template.get("name")):
+    name = template.get("name")
+    if not _is_text(name):
         raise _param("The parameter template['name'] is required.")
+    assert isinstance(name, str)
+    if not _TEMPLATE_NAME.fullmatch(name):
+        raise _param("Param template['name'] must be lower-case letters, digits and underscores.")
     language = template.get("language")
     if not (isinstance(language, dict) and _is_text(language.get("code"))):
         raise _param("The parameter template['language']['code'] is required.")
+    if not _TEMPLATE_LANGUAGE.fullmatch(language["code"]):
+        raise _param(f"Param template['language']['code'] is invalid: {language['code']!r}.")
     components = template.get("components")
-    if components is not None and not isinstance(components, list):
+    if components is None:
+        return
+    if not isinstance(components, list):
         raise _param("Param template['components'] must be an array.")
+    for component in components:
+        _check_component(component)
+
+
+def _check_component(component: object) -> None:
+    if not isinstance(component, dict) or component.get("type") not in _COMPONENT_TYPES:
+        raise _param("Param template['components'][]['type'] must be header, body or button.")
+    if component["type"] == "button" and (
+        component.get("sub_type") not in ("quick_reply", "url", "copy_code")
+        or not str(component.get("index", "")).isdigit()
+    ):
+        raise _param("A template button component needs a sub_type and an index.")
+    parameters = component.get("parameters", [])
+    if not isinstance(parameters, list):
+        raise _param("Param template['components'][]['parameters'] must be an array.")
+    for parameter in parameters:
+        kind = parameter.get("type") if isinstance(parameter, dict) else None
+        if kind not in _PARAMETER_TYPES:
+            raise _param("Param template['components'][]['parameters'][]['type'] is invalid.")
+        assert isinstance(parameter, dict)
+        if kind == "text":
+            text = parameter.get("text")
+            if not _is_text(text):
+                raise _param("The parameter template parameter['text'] is required.")
+            assert isinstance(text, str)
+            if _BAD_PARAMETER_TEXT.search(text):
+                raise InvalidRequest(
+                    132018,
+                    "There was an issue with the parameters in your template.",
+                    details="Param text cannot have new-line/tab characters or more than 4 "
+                    "consecutive spaces",
+                )
+        elif not isinstance(parameter.get(kind), dict | str):
+            raise _param(f"The parameter template parameter['{kind}'] is required.")
 
 
 def _check_location(_: str, location: Mapping[str, Any]) -> None:
-    for axis in ("latitude", "longitude"):
-        if not _is_number(location.get(axis)):
+    for axis, bound in (("latitude", 90), ("longitude", 180)):
+        value = location.get(axis)
+        if not _is_number(value):
             raise _param(f"Param location['{axis}'] must be a number.")
+        assert isinstance(value, int | float)
+        if not (math.isfinite(value) and -bound <= value <= bound):
+            raise _param(f"Param location['{axis}'] must be between -{bound} and {bound}.")
+    for name in ("name", "address"):
+        if name in location and not isinstance(location[name], str):
+            raise _param(f"Param location['{name}'] must be a string.")
 
 
 def _check_media(media_type: str, media: Mapping[str, Any]) -> None:
@@ -183,13 +253,17 @@ def _check_interactive(_: str, interactive: Mapping[str, Any]) -> None:
     kind = interactive.get("type")
     if kind not in INTERACTIVE_TYPES:
         raise _param(f"Param interactive['type'] is invalid: {kind!r}.")
+    if kind == "location_request_message":
+        _check_location_request(interactive)
+        return
     if kind not in ("button", "list"):
         return
     body = interactive.get("body")
     if not isinstance(body, dict) or "text" not in body:
         raise _missing("interactive['body']['text'] is required.")
-    if not _text_within(body["text"], 1024):
-        raise _limit("Body text length invalid. Min length: 1, Max length: 1024")
+    limit = BUTTONS_BODY_MAX if kind == "button" else LIST_BODY_MAX
+    if not _text_within(body["text"], limit):
+        raise _limit(f"Body text length invalid. Min length: 1, Max length: {limit}")
     footer = interactive.get("footer")
     if footer is not None and not (
         isinstance(footer, dict) and _text_within(footer.get("text"), 60)
@@ -201,6 +275,10 @@ def _check_interactive(_: str, interactive: Mapping[str, Any]) -> None:
             raise _limit("Header text length invalid. Min length: 1, Max length: 60")
     elif kind == "list" and header is not None:
         raise _limit("List message header must be of type text.")
+    elif header is not None and not (
+        isinstance(header, dict) and header.get("type") in _BUTTON_HEADER_TYPES
+    ):
+        raise _limit("Header type must be text, image, video or document.")
     action = interactive.get("action")
     if not isinstance(action, dict):
         raise _missing("interactive['action'] is required.")
@@ -208,6 +286,15 @@ def _check_interactive(_: str, interactive: Mapping[str, Any]) -> None:
         _check_buttons(action)
     else:
         _check_list(action)
+
+
+def _check_location_request(interactive: Mapping[str, Any]) -> None:
+    body = interactive.get("body")
+    if not isinstance(body, dict) or not _text_within(body.get("text"), BUTTONS_BODY_MAX):
+        raise _limit("Body text length invalid. Min length: 1, Max length: 1024")
+    action = interactive.get("action")
+    if not (isinstance(action, dict) and action.get("name") == "send_location"):
+        raise _missing("interactive['action']['name'] must be send_location.")
 
 
 def _check_buttons(action: Mapping[str, Any]) -> None:

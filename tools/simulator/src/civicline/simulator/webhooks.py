@@ -61,10 +61,63 @@ def _envelope(
     )
 
 
+def _contact(wa_id: str | None, user_id: str | None, profile_name: str | None) -> dict[str, Any]:
+    contact: dict[str, Any] = {}
+    if profile_name is not None:
+        contact["profile"] = {"name": profile_name}
+    if wa_id is not None:
+        contact["wa_id"] = wa_id
+    if user_id is not None:
+        contact["user_id"] = user_id
+    return contact
+
+
+def message_webhook(
+    message_type: str,
+    content: Any,
+    *,
+    wa_id: str | None = None,
+    user_id: str | None = None,
+    phone_number_id: str = DEFAULT_PHONE_NUMBER_ID,
+    display_phone_number: str = DEFAULT_DISPLAY_PHONE_NUMBER,
+    waba_id: str = DEFAULT_WABA_ID,
+    profile_name: str | None = None,
+    wamid: str | None = None,
+    timestamp: int | str | None = None,
+    context: dict[str, Any] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> tuple[bytes, str]:
+    """A citizen's message of any type (`content` is the object named after the type, None for
+    none, e.g. `unsupported`) and its wamid.
+
+    A citizen with a phone number sends `from` (`wa_id`); one known only by a username has no
+    phone number and sends `from_user_id`, a business-scoped user id (reference §3).
+    """
+    if wa_id is None and user_id is None:
+        raise ValueError("a citizen needs a wa_id or a user_id")
+    message_id = wamid or new_wamid()
+    message: dict[str, Any] = {"from": wa_id} if wa_id is not None else {"from_user_id": user_id}
+    message |= {"id": message_id, "timestamp": _timestamp(timestamp), "type": message_type}
+    if content is not None:
+        message[message_type] = content
+    if context is not None:
+        message["context"] = context
+    if errors is not None:
+        message["errors"] = errors
+    body = _envelope(
+        {"contacts": [_contact(wa_id, user_id, profile_name)], "messages": [message]},
+        phone_number_id=phone_number_id,
+        display_phone_number=display_phone_number,
+        waba_id=waba_id,
+    )
+    return body, message_id
+
+
 def text_message_webhook(
     *,
-    wa_id: str,
+    wa_id: str | None = None,
     text: str,
+    user_id: str | None = None,
     phone_number_id: str = DEFAULT_PHONE_NUMBER_ID,
     display_phone_number: str = DEFAULT_DISPLAY_PHONE_NUMBER,
     waba_id: str = DEFAULT_WABA_ID,
@@ -75,29 +128,88 @@ def text_message_webhook(
     """A citizen's text message webhook and its wamid (generated when not given).
 
     Without `profile_name` the contact carries only `wa_id`; the router must cope with that.
+    With only `user_id`, the citizen uses a username and has no phone number.
     """
-    message_id = wamid or new_wamid()
-    contact: dict[str, Any] = {"wa_id": wa_id}
-    if profile_name is not None:
-        contact = {"profile": {"name": profile_name}, "wa_id": wa_id}
-    body = _envelope(
-        {
-            "contacts": [contact],
-            "messages": [
-                {
-                    "from": wa_id,
-                    "id": message_id,
-                    "timestamp": _timestamp(timestamp),
-                    "type": "text",
-                    "text": {"body": text},
-                }
-            ],
-        },
+    return message_webhook(
+        "text",
+        {"body": text},
+        wa_id=wa_id,
+        user_id=user_id,
         phone_number_id=phone_number_id,
         display_phone_number=display_phone_number,
         waba_id=waba_id,
+        profile_name=profile_name,
+        wamid=wamid,
+        timestamp=timestamp,
     )
-    return body, message_id
+
+
+def location_message_webhook(
+    *,
+    latitude: float,
+    longitude: float,
+    name: str | None = None,
+    address: str | None = None,
+    wa_id: str | None = None,
+    user_id: str | None = None,
+    profile_name: str | None = None,
+    phone_number_id: str = DEFAULT_PHONE_NUMBER_ID,
+    wamid: str | None = None,
+    timestamp: int | str | None = None,
+) -> tuple[bytes, str]:
+    """A citizen sharing a location (a pin, or a named place with an address)."""
+    location: dict[str, Any] = {"latitude": latitude, "longitude": longitude}
+    if name is not None:
+        location["name"] = name
+    if address is not None:
+        location["address"] = address
+    return message_webhook(
+        "location",
+        location,
+        wa_id=wa_id,
+        user_id=user_id,
+        profile_name=profile_name,
+        phone_number_id=phone_number_id,
+        wamid=wamid,
+        timestamp=timestamp,
+    )
+
+
+def interactive_reply_webhook(
+    *,
+    reply_id: str,
+    title: str,
+    kind: str = "list_reply",
+    description: str | None = None,
+    in_reply_to: str | None = None,
+    wa_id: str | None = None,
+    user_id: str | None = None,
+    profile_name: str | None = None,
+    phone_number_id: str = DEFAULT_PHONE_NUMBER_ID,
+    wamid: str | None = None,
+    timestamp: int | str | None = None,
+) -> tuple[bytes, str]:
+    """A citizen tapping a list row (`list_reply`) or a reply button (`button_reply`) of the
+    message `in_reply_to` (our wamid)."""
+    if kind not in ("list_reply", "button_reply"):
+        raise ValueError(f"kind must be list_reply or button_reply, got {kind!r}")
+    reply: dict[str, Any] = {"id": reply_id, "title": title}
+    if description is not None:
+        reply["description"] = description
+    context = None
+    if in_reply_to is not None:
+        context = {"from": DEFAULT_DISPLAY_PHONE_NUMBER, "id": in_reply_to}
+    return message_webhook(
+        "interactive",
+        {"type": kind, kind: reply},
+        wa_id=wa_id,
+        user_id=user_id,
+        profile_name=profile_name,
+        phone_number_id=phone_number_id,
+        wamid=wamid,
+        timestamp=timestamp,
+        context=context,
+    )
 
 
 def status_webhook(
