@@ -5,10 +5,21 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 
+from civicline.responder.catalog import (
+    Button,
+    Reply,
+    Row,
+    Section,
+    Template,
+    choose_template,
+    load_catalog,
+    to_graph_message,
+)
 from civicline.responder.graph import GraphClient, GraphError, SendResult, text_message
 from civicline.simulator import Simulator
 
@@ -250,3 +261,207 @@ async def test_client_configuration_is_checked(session: aiohttp.ClientSession) -
         GraphClient(session, base_url="http://x", api_version="25", access_token=TOKEN)
     with pytest.raises(ValueError, match="base_url"):
         GraphClient(session, base_url="graph.facebook.com", api_version="v25.0", access_token=TOKEN)
+
+
+# --- every reply type the catalog sends, over the wire (reference §5) -------------------------
+
+
+def catalog_message(reply: Reply, **options: Any) -> dict[str, Any]:
+    return to_graph_message(reply, to=CITIZEN, reply_to=INBOUND_WAMID, **options)
+
+
+async def test_reply_buttons_are_sent_exactly(sim: Simulator, graph: GraphClient) -> None:
+    reply = Reply(
+        intent="food_aid",
+        language="en",
+        type="buttons",
+        body="Food assistance: apply online or at your municipal office.",
+        header="Food aid",
+        footer="In an emergency, call 112.",
+        buttons=(Button("menu_office_hours", "Office hours"), Button("menu_help", "Main menu")),
+    )
+    result = await graph.send(PNID, catalog_message(reply))
+    [send] = sim.sent(to=CITIZEN)
+    assert send.wamid == result.wamid
+    assert send.body == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": CITIZEN,
+        "type": "interactive",
+        "interactive": {
+            "type": "button",
+            "header": {"type": "text", "text": "Food aid"},
+            "body": {"text": "Food assistance: apply online or at your municipal office."},
+            "footer": {"text": "In an emergency, call 112."},
+            "action": {
+                "buttons": [
+                    {
+                        "type": "reply",
+                        "reply": {"id": "menu_office_hours", "title": "Office hours"},
+                    },
+                    {"type": "reply", "reply": {"id": "menu_help", "title": "Main menu"}},
+                ]
+            },
+        },
+        "context": {"message_id": INBOUND_WAMID},
+    }
+
+
+async def test_a_list_is_sent_exactly(sim: Simulator, graph: GraphClient) -> None:
+    reply = Reply(
+        intent="help",
+        language="ko",
+        type="list",
+        body="무엇을 도와드릴까요?",
+        list_button="메뉴 보기",
+        sections=(
+            Section("서비스", (Row("menu_voting", "투표", "투표소, 투표 시간"),)),
+            Section("메시지 수신", (Row("menu_opt_out", "수신 거부"),)),
+        ),
+    )
+    await graph.send(PNID, catalog_message(reply))
+    [send] = sim.sent(to=CITIZEN)
+    assert send.body == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": CITIZEN,
+        "type": "interactive",
+        "interactive": {
+            "type": "list",
+            "body": {"text": "무엇을 도와드릴까요?"},
+            "action": {
+                "button": "메뉴 보기",
+                "sections": [
+                    {
+                        "title": "서비스",
+                        "rows": [
+                            {
+                                "id": "menu_voting",
+                                "title": "투표",
+                                "description": "투표소, 투표 시간",
+                            }
+                        ],
+                    },
+                    {
+                        "title": "메시지 수신",
+                        "rows": [{"id": "menu_opt_out", "title": "수신 거부"}],
+                    },
+                ],
+            },
+        },
+        "context": {"message_id": INBOUND_WAMID},
+    }
+
+
+async def test_the_nearest_shelter_pin_is_sent_exactly(sim: Simulator, graph: GraphClient) -> None:
+    shelters = load_catalog().replies["shelter"]["ja"]
+    place = shelters.places[2]
+    await graph.send(PNID, catalog_message(shelters, place=place))
+    [send] = sim.sent(to=CITIZEN)
+    assert send.body == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": CITIZEN,
+        "type": "location",
+        "location": {
+            "latitude": place.latitude,
+            "longitude": place.longitude,
+            "name": place.name,
+            "address": place.address,
+        },
+        "context": {"message_id": INBOUND_WAMID},
+    }
+
+
+async def test_a_template_is_sent_exactly(sim: Simulator, graph: GraphClient) -> None:
+    reply = Reply(
+        intent="voting",
+        language="ko",
+        type="template",
+        template=Template("polling_place_reminder", "ko", ("종로구", "7월 30일")),
+    )
+    result = await graph.send(PNID, catalog_message(reply))
+    [send] = sim.sent(to=CITIZEN)
+    assert send.body == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": CITIZEN,
+        "type": "template",
+        "template": {
+            "name": "polling_place_reminder",
+            "language": {"code": "ko"},
+            "components": [
+                {
+                    "type": "body",
+                    "parameters": [
+                        {"type": "text", "text": "종로구"},
+                        {"type": "text", "text": "7월 30일"},
+                    ],
+                }
+            ],
+        },
+        "context": {"message_id": INBOUND_WAMID},
+    }
+    assert result.message_status == "accepted"
+
+
+async def test_a_username_citizen_is_sent_to_by_recipient(
+    sim: Simulator, graph: GraphClient
+) -> None:
+    bsuid = "KR.88120034561297"
+    reply = Reply(intent="help", language="en", type="text", body="How can we help?")
+    message = to_graph_message(reply, to=bsuid, reply_to=INBOUND_WAMID, by_user_id=True)
+    result = await graph.send(PNID, message)
+    assert result.wa_id == bsuid
+    [send] = sim.sent(to=bsuid)
+    assert send.body == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "recipient": bsuid,
+        "type": "text",
+        "text": {"body": "How can we help?", "preview_url": False},
+        "context": {"message_id": INBOUND_WAMID},
+    }
+
+
+async def test_every_packaged_reply_template_and_away_notice_is_accepted(
+    sim: Simulator, graph: GraphClient
+) -> None:
+    """Everything the catalog can send passes the simulator's Meta-like validation."""
+    catalog = load_catalog()
+    assert catalog.office is not None
+    messages = []
+    for table in (catalog.replies, catalog.templates, {"away": catalog.office.away}):
+        for by_language in table.values():
+            for reply in by_language.values():
+                messages.append(catalog_message(reply))
+                messages += [catalog_message(reply, place=p) for p in reply.places]
+    results = await asyncio.gather(*(graph.send(PNID, m) for m in messages))
+    assert len({r.wamid for r in results}) == len(messages)
+    assert sim.stats()["rejected"] == 0
+    assert set(sim.stats()["by_type"]) == {"text", "interactive", "location", "template"}
+
+
+async def test_a_free_form_reply_outside_the_window_is_refused_with_131047(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with Simulator(access_token=TOKEN, enforce_window=True) as sim:
+        graph = make_client(session, sim.base_url)
+        error = await send_and_expect_error(graph)
+        assert (error.http_status, error.code, error.retryable) == (400, 131047, False)
+        template = choose_template(load_catalog(), "voting", "ko")
+        await graph.send(PNID, catalog_message(template))
+        sim.open_window(CITIZEN)
+        await graph.send(PNID, text_message(CITIZEN, "안내"))
+        assert [s.type for s in sim.sent(to=CITIZEN)] == ["template", "text"]
+
+
+async def test_template_parameters_meta_refuses_are_a_permanent_error(
+    sim: Simulator, graph: GraphClient
+) -> None:
+    bad = Reply(
+        intent="voting", language="en", type="template", template=Template("t", "en", ("a\nb",))
+    )
+    with pytest.raises(GraphError) as caught:
+        await graph.send(PNID, catalog_message(bad))
+    assert (caught.value.code, caught.value.retryable) == (132018, False)

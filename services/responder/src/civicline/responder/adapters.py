@@ -1,12 +1,36 @@
-"""The reply ledger in Postgres: one row per answered inbound message (the idempotency key)."""
+"""The responder's I/O: the reply ledger in Postgres (one row per answered inbound message, the
+idempotency key) and the away notice, claimed once per conversation before it is sent."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
 import asyncpg
+import structlog
 
-from civicline.responder.core import InboundRef
+from civicline.common.amqp import Publisher, delivery_id
+from civicline.common.envelope import utc_now
+from civicline.common.topology import OUTBOUND_FAILED, OUTBOUND_IN_DOUBT, OUTBOUND_SENT
+from civicline.responder.core import SERVICE_WINDOW, Away, InboundRef, away_event
+from civicline.responder.graph import GraphError, SendResult
+
+log = structlog.get_logger(__name__)
+
+
+class MessageSender(Protocol):
+    """What sends a Graph API message: `GraphClient`, or a rate-limited wrapper around it."""
+
+    async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult: ...
+
+
+# How long a 'sending' claim may belong to a live responder: longer than a Graph API call
+# (its timeout) plus the ledger write after it. A redelivered message finding a younger claim
+# waits for its outcome (another handler, whose channel died, is still at work); an older
+# claim was left by a responder that died mid-send, so the reply is in doubt.
+REPLY_LEASE_SECONDS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,27 +38,35 @@ class LedgerEntry:
     state: str
     wamid: str | None
     error_code: int | None
+    claim_is_live: bool = False
 
 
 async def claim_reply(pool: asyncpg.Pool, inbound: InboundRef, state: str) -> LedgerEntry | None:
     """Write the ledger row; None if we own the reply now, else the row that was already there."""
     async with pool.acquire() as connection:
         inserted = await connection.fetchval(
-            """INSERT INTO reply_ledger (inbound_message_id, phone_number_id, recipient, state)
-               VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true""",
+            """INSERT INTO reply_ledger
+                   (inbound_message_id, phone_number_id, recipient, state, claimed_by)
+               VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true""",
             inbound.wamid,
             inbound.phone_number_id,
             inbound.recipient,
             state,
+            delivery_id.get() or None,
         )
         if inserted:
             return None
         row = await connection.fetchrow(
-            "SELECT state, wamid, error_code FROM reply_ledger WHERE inbound_message_id = $1",
+            """SELECT state, wamid, error_code, claimed_by,
+                      updated_at > now() - make_interval(secs => $2) AS claim_is_live
+               FROM reply_ledger WHERE inbound_message_id = $1""",
             inbound.wamid,
+            float(REPLY_LEASE_SECONDS),
         )
     assert row is not None
-    return LedgerEntry(row["state"], row["wamid"], row["error_code"])
+    if row["state"] == "sending" and row["claimed_by"] and row["claimed_by"] == delivery_id.get():
+        return None  # our own claim, whose INSERT committed though its answer was lost
+    return LedgerEntry(row["state"], row["wamid"], row["error_code"], row["claim_is_live"])
 
 
 async def settle_reply(
@@ -55,3 +87,88 @@ async def release_reply(pool: asyncpg.Pool, wamid: str) -> None:
     await pool.execute(
         "DELETE FROM reply_ledger WHERE inbound_message_id = $1 AND state = 'sending'", wamid
     )
+
+
+# --- the away notice --------------------------------------------------------------------------
+
+
+async def claim_away_notice(pool: asyncpg.Pool, inbound: InboundRef, now: datetime) -> bool:
+    """Claim this conversation's away notice for `inbound`; False if one went out in the last
+    24 h, or if the reply to `inbound` was not sent (the notice only ever follows an answer).
+
+    One statement, so two replicas answering the same citizen cannot both claim it.
+    """
+    claimed = await pool.fetchval(
+        """INSERT INTO away_notices
+               (phone_number_id, citizen, inbound_message_id, state, claimed_at)
+           SELECT $1, $2, $3, 'sending', $4
+            WHERE EXISTS (SELECT 1 FROM reply_ledger
+                           WHERE inbound_message_id = $3 AND state = 'sent')
+           ON CONFLICT (phone_number_id, citizen) DO UPDATE
+              SET inbound_message_id = EXCLUDED.inbound_message_id, state = 'sending',
+                  wamid = NULL, claimed_at = EXCLUDED.claimed_at, updated_at = now()
+            WHERE away_notices.claimed_at <= EXCLUDED.claimed_at - $5::interval
+           RETURNING true""",
+        inbound.phone_number_id,
+        inbound.recipient,
+        inbound.wamid,
+        now,
+        SERVICE_WINDOW,
+    )
+    return bool(claimed)
+
+
+async def settle_away_notice(pool: asyncpg.Pool, inbound: InboundRef, wamid: str) -> None:
+    await pool.execute(
+        """UPDATE away_notices SET state = 'sent', wamid = $4, updated_at = now()
+           WHERE phone_number_id = $1 AND citizen = $2 AND inbound_message_id = $3""",
+        inbound.phone_number_id,
+        inbound.recipient,
+        inbound.wamid,
+        wamid,
+    )
+
+
+async def release_away_notice(pool: asyncpg.Pool, inbound: InboundRef) -> None:
+    """The notice was not delivered to Meta: the citizen's next message may try again."""
+    await pool.execute(
+        """DELETE FROM away_notices WHERE phone_number_id = $1 AND citizen = $2
+               AND inbound_message_id = $3 AND state = 'sending'""",
+        inbound.phone_number_id,
+        inbound.recipient,
+        inbound.wamid,
+    )
+
+
+async def send_away_notice(
+    pool: asyncpg.Pool,
+    publisher: Publisher,
+    sender: MessageSender,
+    inbound: InboundRef,
+    away: Away,
+) -> None:
+    """Send the away notice once per conversation, after the reply, and record the outcome.
+
+    Best effort: a failure is recorded (`outbound.failed`, purpose "away") and never retried
+    by redelivering the citizen's message, whose reply has already gone out.
+    """
+    now = utc_now()
+    if not await claim_away_notice(pool, inbound, now):
+        return
+    try:
+        result = await sender.send(inbound.phone_number_id, away.message)
+    except GraphError as exc:
+        if exc.ambiguous:
+            # Meta may have it: keep the claim, so the conversation never gets a second one.
+            event = away_event(OUTBOUND_IN_DOUBT, inbound, away, now, {"reason": "timeout"})
+        else:
+            await release_away_notice(pool, inbound)
+            event = away_event(OUTBOUND_FAILED, inbound, away, now, {"error": exc.as_payload()})
+        await publisher.publish_envelope(event)
+        log.warning("away_notice_failed", error=str(exc))
+        return
+    await settle_away_notice(pool, inbound, result.wamid)
+    await publisher.publish_envelope(
+        away_event(OUTBOUND_SENT, inbound, away, now, {"wamid": result.wamid})
+    )
+    log.info("away_notice_sent", language=away.reply.language, wamid=result.wamid)

@@ -28,7 +28,13 @@ def create_app(settings: Settings) -> web.Application:
             api_version=settings.graph_api_version,
             access_token=settings.access_token,
         )
-        return responder_handler(runtime.pool, runtime.publisher, graph, catalog)
+        return responder_handler(
+            runtime.pool,
+            runtime.publisher,
+            graph,
+            catalog,
+            max_retries=settings.responder_max_retries,
+        )
 
     app = create_consumer_app(settings, RESPONDER_MESSAGES, build_handler)
 

@@ -1,11 +1,20 @@
-"""The responder's pure core: whether and what to answer, and the events that record it."""
+"""The responder's pure core: whether and what to answer, and the events that record it.
+
+The rules a citizen sees, in the order `decide` applies them:
+- a reaction (or a message the router marked `needs_reply: false`) gets nothing;
+- an opted-out citizen gets nothing but the opt-out / opt-in confirmations;
+- outside the 24-hour customer-service window only the intent's approved template may go;
+- inside it, the catalog reply (a shared location picks the nearest place of a location
+  reply), plus — once per conversation, outside office hours — the away notice.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 from civicline.common.envelope import Envelope, event_id
 from civicline.common.topology import (
@@ -17,13 +26,24 @@ from civicline.common.topology import (
 from civicline.responder.catalog import (
     NO_REPLY_INTENTS,
     Catalog,
+    Place,
     Reply,
+    choose_away,
     choose_reply,
+    choose_template,
     to_graph_message,
 )
 
 # Intents whose confirmation goes out even to an opted-out citizen: they just asked for it.
-_ANSWERED_WHEN_OPTED_OUT = frozenset({"opt_out", "opt_in"})
+_ANSWERED_WHEN_OPTED_OUT: Final = frozenset({"opt_out", "opt_in"})
+# The away notice never follows these: a STOP / START confirmation must stay the only message,
+# an urgent report is answered by an on-call team, and the office-hours answer already says it.
+_NO_AWAY_INTENTS: Final = frozenset({"opt_out", "opt_in", "report_abuse", "office_hours"})
+
+# Meta's customer-service window: free-form messages only within 24 h of the citizen's last
+# message (reference §6; error 131047 otherwise).
+SERVICE_WINDOW: Final = timedelta(hours=24)
+_EARTH_RADIUS_KM: Final = 6371.0088  # the mean Earth radius (IUGG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +57,19 @@ class InboundRef:
     language: str
     needs_reply: bool
     opted_out: bool
+    # When the citizen sent it (WhatsApp's timestamp); None if the payload had none.
+    timestamp: datetime | None = None
+    # (latitude, longitude) when the citizen shared a location.
+    location: tuple[float, float] | None = None
+    # The citizen has no phone number, only a business-scoped user id (a username).
+    by_user_id: bool = False
+    urgent: bool = False
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> InboundRef:
         """Raises KeyError/TypeError on a payload of the wrong shape (a poison message)."""
-        recipient = payload.get("from") or payload.get("from_user_id")
+        phone = payload.get("from")
+        recipient = phone or payload.get("from_user_id")
         if not isinstance(recipient, str) or not recipient:
             raise KeyError("from")
         fields = {
@@ -53,14 +81,55 @@ class InboundRef:
             recipient=recipient,
             needs_reply=bool(payload.get("needs_reply", True)),
             opted_out=bool(payload.get("opted_out", False)),
+            timestamp=_moment(payload.get("timestamp")),
+            location=_shared_location(payload),
+            by_user_id=not phone,
+            urgent=payload.get("urgent") is True,
             **fields,
         )
+
+
+def _moment(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _shared_location(payload: Mapping[str, Any]) -> tuple[float, float] | None:
+    content = payload.get("content")
+    if payload.get("type") != "location" or not isinstance(content, Mapping):
+        return None
+    latitude = _coordinate(content.get("latitude"), 90.0)
+    longitude = _coordinate(content.get("longitude"), 180.0)
+    if latitude is None or longitude is None:
+        return None
+    return latitude, longitude
+
+
+def _coordinate(value: object, bound: float) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and -bound <= number <= bound else None
+
+
+@dataclass(frozen=True, slots=True)
+class Away:
+    """The away notice to send after the reply (outside office hours)."""
+
+    reply: Reply
+    message: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Send:
     reply: Reply
     message: dict[str, Any]
+    away: Away | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +145,70 @@ class NoReply:
 Decision = Send | Suppress | NoReply
 
 
-def decide(inbound: InboundRef, catalog: Catalog) -> Decision:
+def within_window(inbound_at: datetime | None, now: datetime) -> bool:
+    """Free-form replies are allowed while `now - inbound_at < 24 h` (a missing time: the
+    message has just arrived; a time in the future: clock skew, still inside)."""
+    if inbound_at is None:
+        return True
+    return now - inbound_at < SERVICE_WINDOW
+
+
+def haversine_km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance in kilometres between two (latitude, longitude) points."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = (
+        math.sin((lat2 - lat1) / 2) ** 2
+        + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    )
+    return 2 * _EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def nearest(places: Sequence[Place], position: tuple[float, float]) -> Place:
+    """The place closest to `position` by great-circle distance; the first of equals."""
+    if not places:
+        raise ValueError("no places to choose from")
+    return min(places, key=lambda place: haversine_km(position, (place.latitude, place.longitude)))
+
+
+def decide(inbound: InboundRef, catalog: Catalog, *, now: datetime | None = None) -> Decision:
+    """What to do with one classified message; `now` defaults to the current time."""
+    moment = now if now is not None else datetime.now(UTC)
     if not inbound.needs_reply or inbound.intent in NO_REPLY_INTENTS:
         return NoReply()
     if inbound.opted_out and inbound.intent not in _ANSWERED_WHEN_OPTED_OUT:
         return Suppress("opted_out")
+    if not within_window(inbound.timestamp, moment):
+        template = choose_template(catalog, inbound.intent, inbound.language)
+        return Send(template, _message(inbound, template, reply_to=inbound.wamid))
     reply = choose_reply(catalog, inbound.intent, inbound.language)
-    return Send(reply, to_graph_message(reply, to=inbound.recipient, reply_to=inbound.wamid))
+    place = None
+    if reply.type == "location" and inbound.location is not None:
+        place = nearest(reply.places, inbound.location)
+    message = _message(inbound, reply, reply_to=inbound.wamid, place=place)
+    return Send(reply, message, away=_away(inbound, catalog, moment))
+
+
+def _message(
+    inbound: InboundRef, reply: Reply, *, reply_to: str | None, place: Place | None = None
+) -> dict[str, Any]:
+    return to_graph_message(
+        reply, to=inbound.recipient, reply_to=reply_to, by_user_id=inbound.by_user_id, place=place
+    )
+
+
+def _away(inbound: InboundRef, catalog: Catalog, now: datetime) -> Away | None:
+    if catalog.office is None or catalog.office.is_open(now):
+        return None
+    if inbound.urgent or inbound.intent in _NO_AWAY_INTENTS:
+        return None
+    reply = choose_away(catalog, inbound.language)
+    if reply is None:
+        return None
+    # Not in context: it is about the conversation, not a reply to this one message.
+    return Away(reply, _message(inbound, reply, reply_to=None))
+
+
+# --- events -----------------------------------------------------------------------------------
 
 
 def _outcome(kind: str, inbound: InboundRef, at: datetime, payload: dict[str, Any]) -> Envelope:
@@ -129,3 +255,31 @@ def in_doubt_event(inbound: InboundRef, at: datetime) -> Envelope:
     """A reply was being sent when the responder stopped; whether Meta got it is unknown, so it
     is reported instead of sent again."""
     return _outcome(OUTBOUND_IN_DOUBT, inbound, at, {"reason": "send_outcome_unknown"})
+
+
+def away_correlation_id(inbound: InboundRef) -> str:
+    """The away notice is its own unit of work (own idempotency key), about the conversation
+    rather than the message that triggered it, so it is correlated by that key."""
+    return f"away:{inbound.wamid}"
+
+
+def away_event(
+    kind: str, inbound: InboundRef, away: Away, at: datetime, outcome: Mapping[str, Any]
+) -> Envelope:
+    """`outbound.sent` / `outbound.failed` / `outbound.in_doubt` for an away notice."""
+    return Envelope(
+        event_id=event_id(kind, inbound.wamid, "away"),
+        kind=kind,
+        occurred_at=at,
+        correlation_id=away_correlation_id(inbound),
+        payload={
+            "in_reply_to": inbound.wamid,
+            "to": inbound.recipient,
+            "phone_number_id": inbound.phone_number_id,
+            "intent": inbound.intent,
+            "purpose": "away",
+            "language": away.reply.language,
+            "message": away.message,
+            **outcome,
+        },
+    )

@@ -47,6 +47,8 @@ ERROR_RULES: Final[Mapping[int, ErrorRule]] = MappingProxyType(
         80007: ErrorRule("WABA rate limit", retryable=True, throttle=True),
         130429: ErrorRule("throughput (messages/second) reached", retryable=True, throttle=True),
         131000: ErrorRule("unknown error", retryable=True),
+        131008: ErrorRule("required parameter is missing", retryable=False),
+        131009: ErrorRule("parameter value is not valid", retryable=False),
         131016: ErrorRule("service unavailable", retryable=True),
         131026: ErrorRule("message undeliverable", retryable=False),
         131047: ErrorRule("re-engagement: outside the 24-hour window", retryable=False),
@@ -57,6 +59,7 @@ ERROR_RULES: Final[Mapping[int, ErrorRule]] = MappingProxyType(
         131056: ErrorRule("pair rate limit (same recipient)", retryable=True, throttle=True),
         132000: ErrorRule("template parameter count mismatch", retryable=False),
         132001: ErrorRule("template does not exist", retryable=False),
+        132018: ErrorRule("template parameter text refused", retryable=False),
         133010: ErrorRule("phone number not registered", retryable=False),
         133016: ErrorRule("register/deregister rate limit", retryable=True, throttle=True),
     }

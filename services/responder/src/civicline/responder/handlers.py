@@ -7,8 +7,10 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import Counter
 
-from civicline.common.amqp import MessageHandler, PoisonMessage, Publisher
+from civicline.common.amqp import MessageHandler, PoisonMessage, Publisher, retry_attempt
 from civicline.common.envelope import Envelope, EnvelopeError, utc_now
+from civicline.common.failures import DependencyUnavailable, outlast_outage
+from civicline.common.topology import RESPONDER_MESSAGES
 from civicline.responder import adapters
 from civicline.responder.catalog import Catalog
 from civicline.responder.core import (
@@ -29,8 +31,17 @@ log = structlog.get_logger(__name__)
 REPLIES = Counter("civicline_responder_replies_total", "Reply outcomes", ["outcome"])
 
 
+class ReplyInProgress(DependencyUnavailable):
+    """Another handler holds a live claim on this reply; the consumer retries in place."""
+
+
 def responder_handler(
-    pool: asyncpg.Pool, publisher: Publisher, graph: GraphClient, catalog: Catalog
+    pool: asyncpg.Pool,
+    publisher: Publisher,
+    graph: GraphClient,
+    catalog: Catalog,
+    *,
+    max_retries: int,
 ) -> MessageHandler:
     async def handle(message: AbstractIncomingMessage) -> None:
         try:
@@ -42,6 +53,10 @@ def responder_handler(
             return
         state = "suppressed" if isinstance(decision, Suppress) else "sending"
         existing = await adapters.claim_reply(pool, inbound, state)
+        if existing is not None and existing.state == "sending" and existing.claim_is_live:
+            # Redelivered while the handler that claimed it may still be at work (its channel
+            # died, not its process): wait for that outcome rather than call it in doubt.
+            raise ReplyInProgress(inbound.wamid)
         if existing is not None:
             await _replay(publisher, inbound, decision, existing)
             return
@@ -49,42 +64,64 @@ def responder_handler(
             await publisher.publish_envelope(suppressed_event(inbound, decision.reason, utc_now()))
             REPLIES.labels("suppressed").inc()
             return
-        await _send(pool, publisher, graph, inbound, decision)
+        try:
+            result = await graph.send(inbound.phone_number_id, decision.message)
+        except GraphError as exc:
+            await _not_sent(pool, publisher, message, inbound, decision, exc, max_retries)
+            return
+        # Meta has the message: from here on only an outage may delay the record, never
+        # make us forget that it was sent (a redelivery would then call it in doubt).
+        await outlast_outage(
+            lambda: adapters.settle_reply(
+                pool, inbound.wamid, state="sent", sent_wamid=result.wamid, error_code=None
+            ),
+            what="reply ledger",
+        )
+        await publisher.publish_envelope(sent_event(inbound, decision, result.wamid, utc_now()))
+        REPLIES.labels("sent").inc()
+        log.info(
+            "reply_sent",
+            intent=inbound.intent,
+            language=decision.reply.language,
+            wamid=result.wamid,
+        )
+        if decision.away is not None:  # outside office hours: once per conversation
+            await adapters.send_away_notice(pool, publisher, graph, inbound, decision.away)
 
     return handle
 
 
-async def _send(
-    pool: asyncpg.Pool, publisher: Publisher, graph: GraphClient, inbound: InboundRef, send: Send
+async def _not_sent(
+    pool: asyncpg.Pool,
+    publisher: Publisher,
+    message: AbstractIncomingMessage,
+    inbound: InboundRef,
+    send: Send,
+    exc: GraphError,
+    max_retries: int,
 ) -> None:
-    try:
-        result = await graph.send(inbound.phone_number_id, send.message)
-    except GraphError as exc:
-        if exc.ambiguous:
-            # Timed out or cut after the request left: Meta may have accepted it. The ledger
-            # keeps 'sending'; report the doubt rather than risk a second reply.
-            await publisher.publish_envelope(in_doubt_event(inbound, utc_now()))
-            REPLIES.labels("in_doubt").inc()
-            log.warning("reply_in_doubt", error=str(exc))
-            return
-        if exc.retryable:
-            # Meta did not take it: free the claim so the redelivery can send it.
-            await adapters.release_reply(pool, inbound.wamid)
-            REPLIES.labels("retry").inc()
-            raise
-        await adapters.settle_reply(
-            pool, inbound.wamid, state="failed", sent_wamid=None, error_code=exc.code
-        )
-        await publisher.publish_envelope(failed_event(inbound, send, exc.as_payload(), utc_now()))
-        REPLIES.labels("failed").inc()
-        log.warning("reply_failed", error=str(exc))
+    if exc.ambiguous:
+        # Timed out or cut after the request left: Meta may have accepted it. The ledger
+        # keeps 'sending'; report the doubt rather than risk a second reply.
+        await publisher.publish_envelope(in_doubt_event(inbound, utc_now()))
+        REPLIES.labels("in_doubt").inc()
+        log.warning("reply_in_doubt", error=str(exc))
+        return
+    attempt = retry_attempt(message) + 1
+    if exc.retryable and attempt <= max_retries:
+        # Meta did not take it: free the claim and try again after a delay, without holding
+        # a prefetch slot meanwhile.
+        await adapters.release_reply(pool, inbound.wamid)
+        await publisher.retry_later(message, RESPONDER_MESSAGES, attempt)
+        REPLIES.labels("retry").inc()
+        log.info("reply_retry_later", attempt=attempt, error=str(exc))
         return
     await adapters.settle_reply(
-        pool, inbound.wamid, state="sent", sent_wamid=result.wamid, error_code=None
+        pool, inbound.wamid, state="failed", sent_wamid=None, error_code=exc.code
     )
-    await publisher.publish_envelope(sent_event(inbound, send, result.wamid, utc_now()))
-    REPLIES.labels("sent").inc()
-    log.info("reply_sent", intent=inbound.intent, language=send.reply.language, wamid=result.wamid)
+    await publisher.publish_envelope(failed_event(inbound, send, exc.as_payload(), utc_now()))
+    REPLIES.labels("failed").inc()
+    log.warning("reply_failed", error=str(exc), attempts=attempt)
 
 
 async def _replay(
