@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -32,11 +33,37 @@ SERVICES = ("audit", "router", "responder", "ingress")
 SAMPLE_TEXT = "투표소 위치 알려주세요"
 
 
+# Local state of `make run` (git ignores it): the development signing key and tree heads.
+RUN_DIR = Path(__file__).resolve().parents[1] / ".run"
+
+
 def environment() -> dict[str, str]:
     env = dict(os.environ)
     for name, value in DEV_DEFAULTS.items():
         if not env.get(name) and not env.get(f"{name}_FILE"):
             env[name] = value
+    if not env.get("AUDIT_SIGNING_KEY") and not env.get("AUDIT_SIGNING_KEY_FILE"):
+        # A development key, so the auditor's workflow (README, "For auditors") can be tried
+        # locally: tree heads are signed and written to .run/checkpoints.
+        key = RUN_DIR / "audit-dev.key"
+        if not key.exists():
+            RUN_DIR.mkdir(exist_ok=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "civicline.audit",
+                    "keygen",
+                    "--origin",
+                    "localhost/civicline-dev",
+                    "--out",
+                    str(key),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        env["AUDIT_SIGNING_KEY_FILE"] = str(key)
+        env.setdefault("AUDIT_CHECKPOINT_DIR", str(RUN_DIR / "checkpoints"))
     return env
 
 
@@ -135,6 +162,7 @@ async def run_pipeline() -> int:
             f"  Graph API   : {graph}\n"
             f"  health      : http://127.0.0.1:{{{','.join(str(p) for p in ports.values())}}}"
             "/readyz\n"
+            f"  audit key   : {env.get('AUDIT_SIGNING_KEY_FILE', '(none: heads unsigned)')}.pub\n"
             "Send a citizen's message and see the reply (in another terminal):\n"
             f'  make sample TEXT="{SAMPLE_TEXT}"\n'
             "Press Ctrl-C to stop.\n",

@@ -22,9 +22,11 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from civicline.audit import merkle
 from civicline.audit.adapters import BatchWriter, append_batch
 from civicline.audit.core import AuditRecord
 from civicline.audit.handlers import audit_handler
+from civicline.audit.merkle import CompactRange
 from civicline.common.amqp import Broker, Consumer, Publisher
 from civicline.common.envelope import SCHEMA_VERSION, Envelope, event_id
 from civicline.common.topology import AUDIT_EVENTS, INBOUND_WEBHOOK, declare
@@ -131,9 +133,22 @@ async def seqs_of(pool: asyncpg.Pool, records: Sequence[AuditRecord]) -> dict[uu
 
 
 async def assert_log_is_gapless(pool: asyncpg.Pool) -> None:
-    seqs = [row["seq"] for row in await pool.fetch("SELECT seq FROM audit_log ORDER BY seq")]
+    """Gapless, and the Merkle tree the writers kept is the tree of the rows as stored."""
+    rows = await pool.fetch("SELECT seq, leaf_hash FROM audit_log ORDER BY seq")
+    seqs = [row["seq"] for row in rows]
     assert seqs == list(range(len(seqs))), "the audit log has a gap or a duplicate seq"
     assert await next_seq(pool) == len(seqs)
+    state = await pool.fetchrow("SELECT tree_size, frontier FROM audit_log_state")
+    assert state is not None
+    tree = CompactRange.decode(state["tree_size"], state["frontier"])
+    assert tree.size == len(seqs)
+    assert tree.root() == merkle.root([row["leaf_hash"] for row in rows])
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM audit_log a WHERE leaf_hash <> audit_leaf_hash(a)"
+        )
+        == 0
+    )
 
 
 async def test_append_numbers_records_in_order_and_keeps_them_exactly(pool: asyncpg.Pool) -> None:
@@ -275,9 +290,8 @@ async def test_the_log_refuses_changes(pool: asyncpg.Pool, statement: str) -> No
 
 async def test_a_payload_string_with_nul_is_stored(pool: asyncpg.Pool) -> None:
     # A citizen's text may carry U+0000 (JSON "\u0000" in Meta's body); the router copies the
-    # text into the event's payload unchanged. jsonb cannot hold \u0000, so today this append
-    # raises UntranslatableCharacterError and the event can never be audited.
-    # KNOWN FAILING — reported as a service bug (audit adapters/migration 0001), not fixed here.
+    # text into the event's payload unchanged. jsonb could not hold \u0000: the payload is json,
+    # kept verbatim (and hashed into the leaf as stored).
     record = envelope_record(payload={"text": "vote\x00here", "wamid": unique("nul")})
     assert await append_batch(pool, [record]) == 1
     stored = await pool.fetchval(
@@ -288,8 +302,8 @@ async def test_a_payload_string_with_nul_is_stored(pool: asyncpg.Pool) -> None:
 
 async def test_one_unstorable_record_does_not_fail_its_batch_mates(pool: asyncpg.Pool) -> None:
     # Postgres text can never hold NUL, so this record cannot be written however payloads are
-    # stored. The records that share its batch must still be appended.
-    # KNOWN FAILING — reported as a service bug (BatchWriter fails the whole batch), not fixed here.
+    # stored. The records that share its batch must still be appended (the batch is retried
+    # record by record, and only the bad one fails).
     writer = BatchWriter(pool, batch_size=16, linger=0.2)
     writer.start()
     try:
@@ -515,10 +529,8 @@ async def test_garbage_is_dead_lettered_and_the_consumer_keeps_going(
 async def test_unstorable_event_does_not_dead_letter_the_events_batched_with_it(
     environment: Environment, pool: asyncpg.Pool, inspector: AbstractChannel
 ) -> None:
-    # The consumer-level effect of the batch failure above: the innocent events that happen to
-    # share a batch with an event Postgres refuses are requeued with it until the delivery limit
-    # dead-letters them all, so they never reach the audit log.
-    # KNOWN FAILING while the BatchWriter fails whole batches — reported, not fixed here.
+    # The consumer-level effect of the batch retry above: the innocent events that share a batch
+    # with an event Postgres refuses reach the log; only the bad one is dead-lettered.
     await purge(inspector, AUDIT_EVENTS.name, AUDIT_EVENTS.dead_letter_queue)
     good = [message_envelope() for _ in range(5)]
     wamid = unique("bad") + "\x00"

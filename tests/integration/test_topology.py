@@ -14,7 +14,14 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from civicline.common.topology import DELIVERY_LIMIT, EXCHANGE, QUEUES, ROUTER_INBOUND, declare
+from civicline.common.topology import (
+    DELIVERY_LIMIT,
+    EXCHANGE,
+    HANDOFF_REQUESTS,
+    QUEUES,
+    ROUTER_INBOUND,
+    declare,
+)
 from support.isolation import EnvironmentFactory
 
 pytestmark = pytest.mark.integration
@@ -98,3 +105,10 @@ async def test_a_conflicting_redeclaration_is_refused_not_silently_accepted(
         await channel.declare_queue(
             ROUTER_INBOUND.name, durable=True, arguments={"x-queue-type": "classic"}
         )
+
+
+async def test_hand_offs_wait_in_their_own_durable_queue(channel: AbstractChannel) -> None:
+    await publish(channel, "handoff.protection", b"a citizen reports abuse")
+    message = await get_one(channel, HANDOFF_REQUESTS.name)
+    assert message.body == b"a citizen reports abuse"
+    await message.ack()

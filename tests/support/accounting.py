@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import aio_pika
 import asyncpg
 
-from civicline.common.topology import QUEUES
+from civicline.common.topology import CONSUMED_QUEUES
 from civicline.simulator.server import Simulator
 from support.traffic import TrafficLog
 
@@ -125,8 +125,9 @@ async def count(scenario: str, log: TrafficLog, database_url: str, simulator: Si
 async def queue_depths(amqp_url: str) -> dict[str, int]:
     """Messages ready in every queue of the topology (call after the consumers stopped, so
     nothing is held unacknowledged)."""
-    names = [spec.name for spec in QUEUES] + [spec.dead_letter_queue for spec in QUEUES]
-    names += [f"{spec.name}.retry.{delay}s" for spec in QUEUES for delay in spec.retry_delays]
+    queues = CONSUMED_QUEUES
+    names = [spec.name for spec in queues] + [spec.dead_letter_queue for spec in queues]
+    names += [f"{spec.name}.retry.{delay}s" for spec in queues for delay in spec.retry_delays]
     connection = await aio_pika.connect(amqp_url)
     depths = {}
     async with connection:

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
+from civicline.audit.canonical import entry_leaf_hash
 from civicline.audit.core import (
+    AUDIT_CHECKPOINT,
     AuditRecord,
+    TreeHead,
     UnauditableDelivery,
+    checkpoint_due,
+    entries_for,
     number_batch,
     record_from_delivery,
+    stored_source,
+    subtrees_to_store,
+    tree_head_envelope,
 )
+from civicline.audit.merkle import Subtree
 from civicline.common.envelope import SCHEMA_VERSION, Envelope, event_id
 from civicline.common.topology import INBOUND_WEBHOOK
 
@@ -168,3 +178,67 @@ def test_number_batch_does_not_change_already_logged() -> None:
     logged = {record(1).event_id}
     number_batch([record(2)], logged, 0)
     assert logged == {record(1).event_id}
+
+
+def test_entries_carry_their_seq_the_batch_time_and_the_leaf_of_what_is_stored() -> None:
+    raw = record(2, raw_body=b"\x00raw", signature=SIGNATURE)
+    rows = entries_for([(7, record(1)), (8, raw)], RECEIVED_AT)
+    assert [row.entry.seq for row in rows] == [7, 8]
+    assert {row.entry.recorded_at for row in rows} == {RECEIVED_AT}
+    assert rows[0].entry.payload_json == record(1).payload_json()
+    assert rows[1].entry.raw_body_sha256 == hashlib.sha256(b"\x00raw").digest()
+    assert all(row.leaf_hash == entry_leaf_hash(row.entry) for row in rows)
+
+
+def test_only_every_fourth_level_of_subtrees_is_stored() -> None:
+    completed = [Subtree(level, 0, bytes(32)) for level in range(1, 13)]
+    assert [s.level for s in subtrees_to_store(completed)] == [4, 8, 12]
+
+
+@pytest.mark.parametrize(
+    ("level", "index", "source"),
+    [
+        (0, 5, (0, 5, 1)),
+        (3, 2, (0, 16, 8)),
+        (4, 3, (4, 3, 1)),
+        (6, 1, (4, 4, 4)),
+        (11, 1, (8, 8, 8)),
+    ],
+)
+def test_any_perfect_subtree_is_at_most_eight_stored_hashes(
+    level: int, index: int, source: tuple[int, int, int]
+) -> None:
+    assert stored_source(level, index) == source
+
+
+def test_a_tree_head_event_has_a_stable_id() -> None:
+    head = TreeHead(42, bytes(range(32)), RECEIVED_AT, "note\n")
+    envelope = tree_head_envelope(head, "vote.example.gov/audit")
+    assert envelope.kind == AUDIT_CHECKPOINT
+    assert envelope.event_id == tree_head_envelope(head, "vote.example.gov/audit").event_id
+    assert envelope.payload["tree_size"] == 42
+    assert envelope.payload["checkpoint"] == "note\n"
+
+
+@pytest.mark.parametrize(
+    ("tree_size", "last_signed", "other", "forced", "due"),
+    [
+        (0, 0, False, True, False),  # nothing to sign
+        (10, 10, True, True, False),  # one head per size
+        (11, 10, False, False, False),  # only checkpoint events since: no loop
+        (11, 10, True, False, True),
+        (11, 10, False, True, True),  # on demand
+    ],
+)
+def test_when_a_checkpoint_is_due(
+    tree_size: int, last_signed: int, other: bool, forced: bool, due: bool
+) -> None:
+    assert (
+        checkpoint_due(
+            tree_size=tree_size,
+            last_signed=last_signed,
+            other_than_checkpoints=other,
+            forced=forced,
+        )
+        is due
+    )

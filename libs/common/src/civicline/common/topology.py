@@ -88,7 +88,11 @@ class QueueSpec:
 ROUTER_INBOUND = QueueSpec("router.inbound", (INBOUND_WEBHOOK,))
 RESPONDER_MESSAGES = QueueSpec("responder.messages", ("message.#",), retry_delays=(1, 5, 30, 120))
 AUDIT_EVENTS = QueueSpec("audit.events", ("#",))
-QUEUES = (ROUTER_INBOUND, RESPONDER_MESSAGES, AUDIT_EVENTS)
+# The inbox of an agency's agent tool or CRM: messages handed to people wait here, durable,
+# whether or not the tool is connected.
+HANDOFF_REQUESTS = QueueSpec("handoff.requests", ("handoff.#",))
+CONSUMED_QUEUES = (ROUTER_INBOUND, RESPONDER_MESSAGES, AUDIT_EVENTS)
+QUEUES = (*CONSUMED_QUEUES, HANDOFF_REQUESTS)
 
 
 @dataclass(frozen=True, slots=True)

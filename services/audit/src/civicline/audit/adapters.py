@@ -1,20 +1,36 @@
-"""Postgres side of the audit log: batched, gapless appends.
+"""Postgres side of the audit log: batched, gapless appends to a Merkle log, tree heads, proofs.
 
 Each batch takes the single log-state row FOR UPDATE, so appends from several audit replicas
-are serialised and numbers stay gapless; the batch's messages are acked only after commit.
+are serialised and numbers stay gapless; the same lock covers the tree's right edge (kept in
+that row) and the subtree hashes the batch completes. The batch's messages are acked only
+after commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from civicline.audit.core import AuditRecord, number_batch
+from civicline.audit import merkle
+from civicline.audit.checkpoint import Checkpoint, Signer, sign_checkpoint
+from civicline.audit.core import (
+    AUDIT_CHECKPOINT,
+    AuditRecord,
+    TreeHead,
+    checkpoint_due,
+    entries_for,
+    number_batch,
+    stored_source,
+    subtrees_to_store,
+)
+from civicline.audit.merkle import CompactRange, ProofError, Subtree
 
 log = structlog.get_logger(__name__)
 
@@ -23,47 +39,230 @@ DUPLICATES = Counter("civicline_audit_duplicates_total", "Redelivered events not
 BATCH_SIZE = Histogram(
     "civicline_audit_batch_size", "Records per audit batch", buckets=(1, 4, 16, 64, 256, 1024)
 )
+TREE_SIZE = Gauge("civicline_audit_tree_size", "Leaves in the audit Merkle tree")
 
 
-async def append_batch(pool: asyncpg.Pool, records: Sequence[AuditRecord]) -> int:
-    """Append the records not yet logged; returns how many were new."""
-    async with pool.acquire() as connection, connection.transaction():
-        next_seq = await connection.fetchval(
-            "SELECT next_seq FROM audit_log_state WHERE singleton FOR UPDATE"
+@dataclass(frozen=True, slots=True)
+class Appended:
+    new: int
+    tree_size: int
+
+
+@dataclass(slots=True)
+class _LockedLog:
+    next_seq: int
+    tree: CompactRange
+    now: datetime
+    changed: bool = False
+
+
+async def _lock_log(connection: asyncpg.Connection) -> _LockedLog:
+    """Take the log-state row FOR UPDATE and bring the tree up to next_seq (rows written
+    before migration 0004 are folded in once, by whichever writer comes first)."""
+    row = await connection.fetchrow(
+        "SELECT next_seq, tree_size, frontier FROM audit_log_state WHERE singleton FOR UPDATE"
+    )
+    # Read the clock only once the lock is held, so recorded_at follows the seq order.
+    now = await connection.fetchval("SELECT clock_timestamp()")
+    locked = _LockedLog(
+        row["next_seq"], CompactRange.decode(row["tree_size"], row["frontier"]), now
+    )
+    if locked.tree.size < locked.next_seq:
+        leaves = await connection.fetch(
+            "SELECT seq, leaf_hash FROM audit_log WHERE seq >= $1 ORDER BY seq", locked.tree.size
         )
+        if [r["seq"] for r in leaves] != list(range(locked.tree.size, locked.next_seq)):
+            raise RuntimeError("audit_log has a gap below next_seq: run civicline-audit verify")
+        await _store_subtrees(connection, locked.tree.extend(r["leaf_hash"] for r in leaves))
+        locked.changed = True
+    return locked
+
+
+async def _store_subtrees(connection: asyncpg.Connection, completed: Iterable[Subtree]) -> None:
+    kept = subtrees_to_store(completed)
+    if kept:
+        await connection.execute(
+            """INSERT INTO audit_subtree (level, start_seq, hash)
+               SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])""",
+            [s.level for s in kept],
+            [s.index << s.level for s in kept],
+            [s.hash for s in kept],
+        )
+
+
+async def _save_state(connection: asyncpg.Connection, locked: _LockedLog) -> None:
+    await connection.execute(
+        "UPDATE audit_log_state SET next_seq = $1, tree_size = $2, frontier = $3 WHERE singleton",
+        locked.next_seq,
+        locked.tree.size,
+        locked.tree.encode(),
+    )
+
+
+async def append_records(pool: asyncpg.Pool, records: Sequence[AuditRecord]) -> Appended:
+    """Append the records not yet logged, as leaves of the Merkle tree."""
+    async with pool.acquire() as connection, connection.transaction():
+        locked = await _lock_log(connection)
         existing = await connection.fetch(
             "SELECT event_id FROM audit_log WHERE event_id = ANY($1::uuid[])",
             [r.event_id for r in records],
         )
-        numbered = number_batch(records, {row["event_id"] for row in existing}, next_seq)
-        if numbered:
+        numbered = number_batch(records, {row["event_id"] for row in existing}, locked.next_seq)
+        rows = entries_for(numbered, locked.now)
+        if rows:
             await connection.execute(
-                """INSERT INTO audit_log (seq, event_id, kind, occurred_at, correlation_id,
-                                          schema_version, payload, raw_body, signature)
-                   SELECT seq, event_id, kind, occurred_at, correlation_id,
-                          schema_version, payload::json, raw_body, signature
-                   FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[],
-                               $5::text[], $6::int[], $7::text[], $8::bytea[], $9::text[])
+                """INSERT INTO audit_log (seq, event_id, kind, occurred_at, recorded_at,
+                                          correlation_id, schema_version, payload, raw_body,
+                                          signature, leaf_hash)
+                   SELECT seq, event_id, kind, occurred_at, $1::timestamptz, correlation_id,
+                          schema_version, payload::json, raw_body, signature, leaf_hash
+                   FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[],
+                               $6::text[], $7::int[], $8::text[], $9::bytea[], $10::text[],
+                               $11::bytea[])
                         AS t(seq, event_id, kind, occurred_at, correlation_id,
-                             schema_version, payload, raw_body, signature)""",
-                [seq for seq, _ in numbered],
-                [r.event_id for _, r in numbered],
-                [r.kind for _, r in numbered],
-                [r.occurred_at for _, r in numbered],
-                [r.correlation_id for _, r in numbered],
-                [r.schema_version for _, r in numbered],
-                [r.payload_json() for _, r in numbered],
-                [r.raw_body for _, r in numbered],
-                [r.signature for _, r in numbered],
+                             schema_version, payload, raw_body, signature, leaf_hash)""",
+                locked.now,
+                [r.entry.seq for r in rows],
+                [r.entry.event_id for r in rows],
+                [r.entry.kind for r in rows],
+                [r.entry.occurred_at for r in rows],
+                [r.entry.correlation_id for r in rows],
+                [r.entry.schema_version for r in rows],
+                [r.entry.payload_json for r in rows],
+                [r.record.raw_body for r in rows],
+                [r.entry.signature for r in rows],
+                [r.leaf_hash for r in rows],
             )
-            await connection.execute(
-                "UPDATE audit_log_state SET next_seq = $1 WHERE singleton",
-                next_seq + len(numbered),
-            )
-    APPENDED.inc(len(numbered))
-    DUPLICATES.inc(len(records) - len(numbered))
+            await _store_subtrees(connection, locked.tree.extend(r.leaf_hash for r in rows))
+            locked.next_seq += len(rows)
+            locked.changed = True
+        if locked.changed:
+            await _save_state(connection, locked)
+    APPENDED.inc(len(rows))
+    DUPLICATES.inc(len(records) - len(rows))
     BATCH_SIZE.observe(len(records))
-    return len(numbered)
+    TREE_SIZE.set(locked.tree.size)
+    return Appended(len(rows), locked.tree.size)
+
+
+async def append_batch(pool: asyncpg.Pool, records: Sequence[AuditRecord]) -> int:
+    """Append the records not yet logged; returns how many were new."""
+    return (await append_records(pool, records)).new
+
+
+async def sign_tree_head(
+    pool: asyncpg.Pool, signer: Signer, *, forced: bool = False
+) -> TreeHead | None:
+    """Sign and store a tree head for the log as it is now, if one is due (`forced`: whenever
+    the log grew since the last head). Returns the new head, or None."""
+    async with pool.acquire() as connection, connection.transaction():
+        locked = await _lock_log(connection)
+        if locked.changed:
+            await _save_state(connection, locked)
+        last_signed = await connection.fetchval(
+            "SELECT coalesce(max(tree_size), 0) FROM audit_tree_head"
+        )
+        size = locked.tree.size
+        other = await connection.fetchval(
+            "SELECT EXISTS (SELECT FROM audit_log WHERE seq >= $1 AND seq < $2 AND kind <> $3)",
+            last_signed,
+            size,
+            AUDIT_CHECKPOINT,
+        )
+        if not checkpoint_due(
+            tree_size=size, last_signed=last_signed, other_than_checkpoints=other, forced=forced
+        ):
+            return None
+        checkpoint = Checkpoint(signer.name, size, locked.tree.root(), locked.now)
+        head = TreeHead(size, checkpoint.root_hash, locked.now, sign_checkpoint(checkpoint, signer))
+        await connection.execute(
+            """INSERT INTO audit_tree_head (tree_size, root_hash, signed_at, checkpoint)
+               VALUES ($1, $2, $3, $4)""",
+            head.tree_size,
+            head.root_hash,
+            head.signed_at,
+            head.checkpoint,
+        )
+    return head
+
+
+def _head(row: asyncpg.Record) -> TreeHead:
+    return TreeHead(row["tree_size"], row["root_hash"], row["signed_at"], row["checkpoint"])
+
+
+async def latest_tree_head(connection: asyncpg.Connection) -> TreeHead | None:
+    row = await connection.fetchrow("SELECT * FROM audit_tree_head ORDER BY tree_size DESC LIMIT 1")
+    return None if row is None else _head(row)
+
+
+async def tree_heads(connection: asyncpg.Connection) -> list[TreeHead]:
+    rows = await connection.fetch("SELECT * FROM audit_tree_head ORDER BY tree_size")
+    return [_head(row) for row in rows]
+
+
+async def tree_size(connection: asyncpg.Connection) -> int:
+    """Leaves in the tree (rows from before migration 0004 count once a writer folded them)."""
+    size = await connection.fetchval("SELECT tree_size FROM audit_log_state")
+    assert isinstance(size, int)
+    return size
+
+
+async def _perfect_hashes(
+    connection: asyncpg.Connection, ranges: Iterable[tuple[int, int]]
+) -> merkle.PerfectHash:
+    """Read, in two queries, every stored hash the perfect subtrees of `ranges` are made of."""
+    wanted = {piece for start, end in ranges for piece in merkle.perfect_ranges(start, end)}
+    leaf_seqs: set[int] = set()
+    subtree_keys: set[tuple[int, int]] = set()
+    for level, index in wanted:
+        base, first, count = stored_source(level, index)
+        if base == 0:
+            leaf_seqs.update(range(first, first + count))
+        else:
+            subtree_keys.update((base, (first + i) << base) for i in range(count))
+    stored: dict[tuple[int, int], bytes] = {}
+    for row in await connection.fetch(
+        "SELECT seq, leaf_hash FROM audit_log WHERE seq = ANY($1::bigint[])", sorted(leaf_seqs)
+    ):
+        stored[0, row["seq"]] = row["leaf_hash"]
+    if subtree_keys:
+        keys = sorted(subtree_keys)
+        for row in await connection.fetch(
+            """SELECT s.level, s.start_seq, s.hash FROM audit_subtree s
+               JOIN unnest($1::smallint[], $2::bigint[]) AS k(level, start_seq)
+                 USING (level, start_seq)""",
+            [level for level, _ in keys],
+            [start for _, start in keys],
+        ):
+            stored[row["level"], row["start_seq"]] = row["hash"]
+
+    def perfect(level: int, index: int) -> bytes:
+        base, first, count = stored_source(level, index)
+        try:
+            hashes = [stored[base, (first + i) << base] for i in range(count)]
+        except KeyError:
+            raise ProofError(f"the stored tree lacks the subtree ({level}, {index})") from None
+        return merkle.root(hashes)
+
+    return perfect
+
+
+async def inclusion_proof(connection: asyncpg.Connection, seq: int, size: int) -> list[bytes]:
+    """The audit path of leaf `seq` in the tree of `size` leaves, from stored hashes."""
+    if size > await tree_size(connection):
+        raise ProofError(f"the tree has not reached size {size}")
+    ranges = merkle.inclusion_ranges(seq, size)
+    perfect = await _perfect_hashes(connection, ranges)
+    return [merkle.range_hash(start, end, perfect) for start, end in ranges]
+
+
+async def consistency_proof(connection: asyncpg.Connection, first: int, second: int) -> list[bytes]:
+    """The proof that the tree of `first` leaves is a prefix of the tree of `second` leaves."""
+    if second > await tree_size(connection):
+        raise ProofError(f"the tree has not reached size {second}")
+    ranges = merkle.consistency_ranges(first, second)
+    perfect = await _perfect_hashes(connection, ranges)
+    return [merkle.range_hash(start, end, perfect) for start, end in ranges]
 
 
 class UnstorableRecord(Exception):
@@ -83,8 +282,16 @@ class BatchWriter:
     """Collects records from concurrent handlers into batches; each `append` returns only
     after the batch holding its record has committed (or raises if it failed)."""
 
-    def __init__(self, pool: asyncpg.Pool, *, batch_size: int, linger: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        batch_size: int,
+        linger: float,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
         self._pool = pool
+        self._on_commit = on_commit
         self._batch_size = batch_size
         self._linger = linger
         self._pending: list[tuple[AuditRecord, asyncio.Future[None]]] = []
@@ -117,15 +324,20 @@ class BatchWriter:
                 self._has_work.clear()
             await self._write(batch)
 
+    async def _append(self, records: Sequence[AuditRecord]) -> None:
+        appended = await append_records(self._pool, records)
+        if self._on_commit is not None:
+            self._on_commit(appended.tree_size)
+
     async def _write(self, batch: list[tuple[AuditRecord, asyncio.Future[None]]]) -> None:
         try:
-            await append_batch(self._pool, [record for record, _ in batch])
+            await self._append([record for record, _ in batch])
         except asyncpg.DataError:
             # One record the database cannot store must not keep its batch-mates out of the
             # log: write them one by one, so only the bad one fails (and is dead-lettered).
             for record, done in batch:
                 try:
-                    await append_batch(self._pool, [record])
+                    await self._append([record])
                 except asyncpg.DataError as exc:
                     _settle(done, UnstorableRecord(f"{type(exc).__name__}: {exc}"))
                 except Exception as exc:

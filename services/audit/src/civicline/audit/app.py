@@ -1,25 +1,56 @@
-"""audit: consumes every routing key and appends each event once to the append-only log."""
+"""audit: consumes every routing key, appends each event once to the Merkle log, and signs tree
+heads as the log grows (when a signing key is configured)."""
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 
 from civicline.audit.adapters import BatchWriter
+from civicline.audit.checkpoint import CheckpointError, Signer
+from civicline.audit.checkpointer import Checkpointer
 from civicline.audit.handlers import audit_handler
 from civicline.common.amqp import MessageHandler
 from civicline.common.runtime import Runtime, create_consumer_app
-from civicline.common.settings import Settings
+from civicline.common.settings import Settings, SettingsError
 from civicline.common.topology import AUDIT_EVENTS
+
+log = structlog.get_logger(__name__)
+
+
+def load_signer(settings: Settings) -> Signer | None:
+    """The tree-head signing key, or None when none is configured (then no heads are signed)."""
+    if not settings.audit_signing_key:
+        return None
+    try:
+        return Signer.parse(settings.audit_signing_key)
+    except CheckpointError as exc:
+        raise SettingsError(f"AUDIT_SIGNING_KEY (or AUDIT_SIGNING_KEY_FILE): {exc}") from None
 
 
 def create_app(settings: Settings) -> web.Application:
+    signer = load_signer(settings)
     writers: list[BatchWriter] = []
+    checkpointers: list[Checkpointer] = []
 
     async def build_handler(runtime: Runtime) -> MessageHandler:
+        checkpointer = None
+        if signer is not None:
+            checkpointer = Checkpointer(
+                runtime.pool,
+                signer,
+                publisher=runtime.publisher,
+                interval=settings.audit_checkpoint_interval,
+                every=settings.audit_checkpoint_size,
+                directory=settings.audit_checkpoint_dir,
+            )
+            checkpointer.start()
+            checkpointers.append(checkpointer)
         writer = BatchWriter(
             runtime.pool,
             batch_size=settings.audit_batch_size,
             linger=settings.audit_batch_linger,
+            on_commit=checkpointer.appended if checkpointer is not None else None,
         )
         writer.start()
         writers.append(writer)
@@ -33,9 +64,28 @@ def create_app(settings: Settings) -> web.Application:
         prefetch=max(settings.prefetch, settings.audit_batch_size * 2),
     )
 
+    async def announce(app: web.Application) -> None:
+        if signer is None:
+            # Never sign with a key nobody holds: without a configured key the log is still a
+            # Merkle tree, and the first head signed later covers every event before it.
+            log.warning(
+                "tree_heads_not_signed",
+                reason="no AUDIT_SIGNING_KEY or AUDIT_SIGNING_KEY_FILE configured",
+                hint="civicline-audit keygen --origin <your log's name> --out <file>",
+            )
+        else:
+            log.info("tree_heads_signed_by", verifier_key=signer.verifier.encode())
+
+    async def stop_checkpointers(app: web.Application) -> None:
+        # On shutdown, before the runtime's cleanup closes the pool under them.
+        for checkpointer in checkpointers:
+            await checkpointer.stop()
+
     async def close_writers(app: web.Application) -> None:
         for writer in writers:
             await writer.close()
 
+    app.on_startup.append(announce)
+    app.on_shutdown.append(stop_checkpointers)
     app.on_cleanup.append(close_writers)
     return app

@@ -1,5 +1,6 @@
-"""The audit service's pure core: what one delivery becomes in the log, and how a batch is
-numbered. No I/O here; adapters.py writes what these functions decide."""
+"""The audit service's pure core: what one delivery becomes in the log, how a batch is
+numbered and hashed, which subtrees are stored, and what a tree head event says. No I/O here;
+adapters.py writes what these functions decide."""
 
 from __future__ import annotations
 
@@ -11,8 +12,18 @@ from typing import Any
 
 import orjson
 
-from civicline.common.envelope import SCHEMA_VERSION, Envelope, EnvelopeError
+from civicline.audit.canonical import LogEntry, entry_leaf_hash
+from civicline.audit.merkle import Subtree
+from civicline.common.envelope import SCHEMA_VERSION, Envelope, EnvelopeError, event_id
 from civicline.common.topology import INBOUND_WEBHOOK
+
+# The routing key of the signed tree heads the audit service publishes. It consumes `#`, so
+# each one comes back and becomes a leaf itself; such leaves alone never make a new head due.
+AUDIT_CHECKPOINT = "audit.checkpoint"
+
+# Perfect subtrees are stored at every SUBTREE_STEP-th level: any perfect subtree hash is then
+# at most 2**(SUBTREE_STEP - 1) stored hashes away. Fixed by migration 0004's CHECK.
+SUBTREE_STEP = 4
 
 
 class UnauditableDelivery(ValueError):
@@ -104,3 +115,83 @@ def number_batch(
         seen.add(record.event_id)
         numbered.append((next_seq + len(numbered), record))
     return numbered
+
+
+@dataclass(frozen=True, slots=True)
+class NumberedEntry:
+    """A record with its place in the log: the row to insert and its leaf hash."""
+
+    record: AuditRecord
+    entry: LogEntry
+    leaf_hash: bytes
+
+
+def entries_for(
+    numbered: Iterable[tuple[int, AuditRecord]], recorded_at: datetime
+) -> list[NumberedEntry]:
+    """The rows a numbered batch becomes, each with the leaf hash of exactly what is stored."""
+    result = []
+    for seq, record in numbered:
+        entry = LogEntry.with_raw_body(
+            seq=seq,
+            event_id=record.event_id,
+            kind=record.kind,
+            occurred_at=record.occurred_at,
+            recorded_at=recorded_at,
+            correlation_id=record.correlation_id,
+            schema_version=record.schema_version,
+            payload_json=record.payload_json(),
+            raw_body=record.raw_body,
+            signature=record.signature,
+        )
+        result.append(NumberedEntry(record, entry, entry_leaf_hash(entry)))
+    return result
+
+
+def subtrees_to_store(completed: Iterable[Subtree]) -> list[Subtree]:
+    return [s for s in completed if s.level % SUBTREE_STEP == 0]
+
+
+def stored_source(level: int, index: int) -> tuple[int, int, int]:
+    """Where the perfect subtree (level, index) comes from: (stored level, first position at
+    that level, how many). Stored level 0 means leaf hashes from audit_log."""
+    base = level - level % SUBTREE_STEP
+    spread = level - base
+    return base, index << spread, 1 << spread
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHead:
+    """A signed tree head as stored in audit_tree_head."""
+
+    tree_size: int
+    root_hash: bytes
+    signed_at: datetime
+    checkpoint: str
+
+
+def tree_head_envelope(head: TreeHead, origin: str) -> Envelope:
+    """The `audit.checkpoint` event announcing a tree head; its id is fixed by the log and
+    size, so a head published twice is logged once."""
+    return Envelope(
+        event_id=event_id(AUDIT_CHECKPOINT, origin, str(head.tree_size)),
+        kind=AUDIT_CHECKPOINT,
+        occurred_at=head.signed_at,
+        correlation_id=f"{origin}/{head.tree_size}",
+        payload={
+            "origin": origin,
+            "tree_size": head.tree_size,
+            "root_hash": head.root_hash.hex(),
+            "checkpoint": head.checkpoint,
+        },
+    )
+
+
+def checkpoint_due(
+    *, tree_size: int, last_signed: int, other_than_checkpoints: bool, forced: bool
+) -> bool:
+    """Whether to sign a head now. A head is never signed twice for one size, and never only
+    because checkpoint events were logged: publishing a head must not make the next one due."""
+    if tree_size <= last_signed:
+        return False
+    return forced or other_than_checkpoints

@@ -1,0 +1,171 @@
+"""Benchmark the audit log: append rate, proof times and full verification at N events.
+
+    .venv/bin/python services/audit/bench/bench_audit.py --events 1000000
+
+Creates its own database (dropped at the end unless --keep) on the server of
+CIVICLINE_TEST_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres), appends
+N events in batches of --batch from --writers concurrent writers, exactly as the service does
+(one transaction per batch, serialised on the log-state row), signs a tree head, then times
+inclusion and consistency proofs read from the stored subtrees, and the full verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import secrets
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from civicline.audit import merkle
+from civicline.audit.adapters import (
+    append_batch,
+    consistency_proof,
+    inclusion_proof,
+    sign_tree_head,
+)
+from civicline.audit.auditor import verify_database
+from civicline.audit.checkpoint import Signer, open_checkpoint
+from civicline.audit.core import AuditRecord
+from civicline.common.migrate import migrate
+
+ADMIN_URL = os.environ.get(
+    "CIVICLINE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def records(count: int) -> list[AuditRecord]:
+    now = datetime.now(UTC)
+    batch = []
+    for n in range(count):
+        raw = n % 4 == 0
+        batch.append(
+            AuditRecord(
+                event_id=uuid.uuid4(),
+                kind="inbound.webhook" if raw else "message.voting",
+                occurred_at=now,
+                correlation_id=f"wamid.{n}",
+                schema_version=1,
+                payload={"text": "투표소 위치 알려주세요", "n": n, "language": "ko"},
+                raw_body=b'{"object":"whatsapp_business_account","entry":[]}' * 8 if raw else None,
+                signature="sha256=" + "ab" * 32 if raw else None,
+            )
+        )
+    return batch
+
+
+def milliseconds(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return f"median {statistics.median(ordered) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
+
+
+async def append_all(pool: asyncpg.Pool, events: int, batch: int, writers: int) -> float:
+    remaining = events
+    lock = asyncio.Lock()
+    done = 0
+    started = time.perf_counter()
+    last_report = started
+
+    async def writer() -> None:
+        nonlocal remaining, done, last_report
+        while True:
+            async with lock:
+                take = min(batch, remaining)
+                remaining -= take
+            if take == 0:
+                return
+            await append_batch(pool, records(take))
+            done += take
+            now = time.perf_counter()
+            if now - last_report > 10:
+                last_report = now
+                print(f"  {done} events, {done / (now - started):.0f} events/s", flush=True)
+
+    await asyncio.gather(*(writer() for _ in range(writers)))
+    return events / (time.perf_counter() - started)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument("--proofs", type=int, default=200)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--skip-verify", action="store_true")
+    args = parser.parse_args()
+
+    name = f"civicline_bench_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(ADMIN_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
+    try:
+        connection = await asyncpg.connect(url)
+        await migrate(connection)
+        pool = await asyncpg.create_pool(url, min_size=args.writers, max_size=args.writers + 1)
+
+        print(f"appending {args.events} events, batches of {args.batch}, {args.writers} writers")
+        rate = await append_all(pool, args.events, args.batch, args.writers)
+        print(f"append rate: {rate:.0f} events/s")
+
+        signer = Signer.generate("bench.civicline.example/audit")
+        started = time.perf_counter()
+        head = await sign_tree_head(pool, signer)
+        assert head is not None
+        print(
+            f"sign a tree head at {head.tree_size}: {(time.perf_counter() - started) * 1000:.1f} ms"
+        )
+        root = open_checkpoint(head.checkpoint, signer.verifier).root_hash
+        size = head.tree_size
+
+        inclusion: list[float] = []
+        for seq in random.sample(range(size), args.proofs):
+            started = time.perf_counter()
+            proof = await inclusion_proof(connection, seq, size)
+            inclusion.append(time.perf_counter() - started)
+            leaf = await connection.fetchval("SELECT leaf_hash FROM audit_log WHERE seq = $1", seq)
+            merkle.verify_inclusion(seq, size, leaf, proof, root)
+        print(f"inclusion proof at {size} events ({len(proof)} hashes): {milliseconds(inclusion)}")
+
+        consistency: list[float] = []
+        for first in random.sample(range(1, size), args.proofs):
+            started = time.perf_counter()
+            proof = await consistency_proof(connection, first, size)
+            consistency.append(time.perf_counter() - started)
+        print(f"consistency proof to {size} events: {milliseconds(consistency)}")
+
+        subtrees = await connection.fetchval("SELECT count(*) FROM audit_subtree")
+        table = await connection.fetchval("SELECT pg_total_relation_size('audit_log')")
+        stored = await connection.fetchval("SELECT pg_total_relation_size('audit_subtree')")
+        print(
+            f"stored subtrees: {subtrees} rows, {stored / 2**20:.1f} MiB "
+            f"(audit_log: {table / 2**20:.0f} MiB)"
+        )
+        await connection.close()
+        await pool.close()
+
+        if not args.skip_verify:
+            started = time.perf_counter()
+            report = await verify_database(url, signer.verifier)
+            elapsed = time.perf_counter() - started
+            assert report.ok, report.lines()
+            print(
+                f"full verify of {report.events} events: {elapsed:.1f} s "
+                f"({report.events / elapsed:.0f} events/s)"
+            )
+    finally:
+        if not args.keep:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

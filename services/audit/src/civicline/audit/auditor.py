@@ -1,0 +1,291 @@
+"""What an auditor runs, as a Python API (the `civicline-audit` subcommands call these): verify
+the log in the database or in an NDJSON export, export it, and check one event's inclusion or
+the log's consistency with a checkpoint saved earlier, each with only the public key.
+
+Database reads happen in one REPEATABLE READ, READ ONLY transaction, so rows, state and tree
+heads come from one snapshot; the auditor role's SELECT is all they need.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import asyncpg
+import orjson
+
+from civicline.audit import adapters, merkle
+from civicline.audit.canonical import LogEntry, entry_leaf_hash
+from civicline.audit.checkpoint import Verifier, open_checkpoint
+from civicline.audit.verify import LogVerifier, Report, StoredEntry, StoredHead
+
+EXPORT_FORMAT = "civicline-audit-export"
+EXPORT_VERSION = 1
+_ROWS = """SELECT seq, event_id, kind, occurred_at, recorded_at, correlation_id, schema_version,
+                  payload::text AS payload, raw_body, signature, leaf_hash
+           FROM audit_log"""
+
+
+class ExportError(ValueError):
+    """An export file that is not one, or is damaged beyond reading."""
+
+
+def _entry(row: asyncpg.Record) -> LogEntry:
+    return LogEntry.with_raw_body(
+        seq=row["seq"],
+        event_id=row["event_id"],
+        kind=row["kind"],
+        occurred_at=row["occurred_at"],
+        recorded_at=row["recorded_at"],
+        correlation_id=row["correlation_id"],
+        schema_version=row["schema_version"],
+        payload_json=row["payload"],
+        raw_body=row["raw_body"],
+        signature=row["signature"],
+    )
+
+
+@asynccontextmanager
+async def _snapshot(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url, timeout=10)
+    try:
+        async with connection.transaction(isolation="repeatable_read", readonly=True):
+            yield connection
+    finally:
+        await connection.close()
+
+
+async def _stored_heads(connection: asyncpg.Connection) -> list[StoredHead]:
+    return [
+        StoredHead(h.tree_size, h.root_hash, h.checkpoint)
+        for h in await adapters.tree_heads(connection)
+    ]
+
+
+async def verify_database(
+    database_url: str, verifier: Verifier, saved_checkpoints: tuple[str, ...] = ()
+) -> Report:
+    async with _snapshot(database_url) as connection:
+        next_seq = await connection.fetchval("SELECT next_seq FROM audit_log_state")
+        checker = LogVerifier(
+            verifier, await _stored_heads(connection), saved_checkpoints, next_seq
+        )
+        async for row in connection.cursor(f"{_ROWS} ORDER BY seq", prefetch=5000):
+            checker.add(StoredEntry(_entry(row), row["leaf_hash"]))
+    return checker.finish()
+
+
+def _time(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+async def export_database(database_url: str, out: TextIO) -> int:
+    """Write the log as NDJSON: a header, the tree heads, then every event by seq. Returns the
+    number of events written."""
+    count = 0
+    async with _snapshot(database_url) as connection:
+        next_seq = await connection.fetchval("SELECT next_seq FROM audit_log_state")
+        header = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "next_seq": next_seq}
+        out.write(orjson.dumps(header).decode() + "\n")
+        for head in await adapters.tree_heads(connection):
+            line = {
+                "type": "tree_head",
+                "tree_size": head.tree_size,
+                "root_hash": head.root_hash.hex(),
+                "signed_at": _time(head.signed_at),
+                "checkpoint": head.checkpoint,
+            }
+            out.write(orjson.dumps(line).decode() + "\n")
+        async for row in connection.cursor(f"{_ROWS} ORDER BY seq", prefetch=5000):
+            raw_body = row["raw_body"]
+            line = {
+                "type": "event",
+                "seq": row["seq"],
+                "event_id": str(row["event_id"]),
+                "kind": row["kind"],
+                "occurred_at": _time(row["occurred_at"]),
+                "recorded_at": _time(row["recorded_at"]),
+                "correlation_id": row["correlation_id"],
+                "schema_version": row["schema_version"],
+                "payload": row["payload"],
+                "raw_body": None if raw_body is None else base64.b64encode(raw_body).decode(),
+                "signature": row["signature"],
+                "leaf_hash": row["leaf_hash"].hex(),
+            }
+            out.write(orjson.dumps(line).decode() + "\n")
+            count += 1
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    path: Path
+    next_seq: int | None
+    heads: list[StoredHead]
+
+    def entries(self) -> Iterator[StoredEntry]:
+        with self.path.open("rb") as lines:
+            for number, line in enumerate(lines, 1):
+                document = _line(line, number)
+                if document.get("type") == "event":
+                    yield _stored_entry(document, number)
+
+
+def _line(line: bytes, number: int) -> dict[str, Any]:
+    try:
+        document = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ExportError(f"line {number} is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ExportError(f"line {number} is not a JSON object")
+    return document
+
+
+def _stored_entry(document: dict[str, Any], number: int) -> StoredEntry:
+    try:
+        raw = document["raw_body"]
+        entry = LogEntry.with_raw_body(
+            seq=int(document["seq"]),
+            event_id=uuid.UUID(document["event_id"]),
+            kind=document["kind"],
+            occurred_at=datetime.fromisoformat(document["occurred_at"]),
+            recorded_at=datetime.fromisoformat(document["recorded_at"]),
+            correlation_id=document["correlation_id"],
+            schema_version=int(document["schema_version"]),
+            payload_json=document["payload"],
+            raw_body=None if raw is None else base64.b64decode(raw, validate=True),
+            signature=document["signature"],
+        )
+        leaf = document.get("leaf_hash")
+        return StoredEntry(entry, None if leaf is None else bytes.fromhex(leaf))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"line {number}: not an audit event: {exc!r}") from None
+
+
+def read_export(path: Path) -> Export:
+    """The export's header and tree heads (events are streamed later, by `entries()`)."""
+    heads: list[StoredHead] = []
+    next_seq = None
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            document = _line(line, number)
+            if number == 1:
+                if document.get("format") != EXPORT_FORMAT:
+                    raise ExportError(f"{path} is not a {EXPORT_FORMAT} file")
+                if document.get("version") != EXPORT_VERSION:
+                    raise ExportError(f"export version {document.get('version')} is unknown")
+                next_seq = document.get("next_seq")
+            elif document.get("type") == "tree_head":
+                try:
+                    heads.append(
+                        StoredHead(
+                            int(document["tree_size"]),
+                            bytes.fromhex(document["root_hash"]),
+                            document["checkpoint"],
+                        )
+                    )
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ExportError(f"line {number}: not a tree head: {exc!r}") from None
+    return Export(path, next_seq, heads)
+
+
+def verify_export(
+    path: Path, verifier: Verifier, saved_checkpoints: tuple[str, ...] = ()
+) -> Report:
+    export = read_export(path)
+    checker = LogVerifier(verifier, export.heads, saved_checkpoints, export.next_seq)
+    for stored in export.entries():
+        checker.add(stored)
+    return checker.finish()
+
+
+@dataclass(frozen=True, slots=True)
+class InclusionCheck:
+    seq: int
+    event_id: uuid.UUID
+    tree_size: int
+    leaf_hash: bytes
+    proof: list[bytes]
+    root_hash: bytes
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "event_id": str(self.event_id),
+            "tree_size": self.tree_size,
+            "leaf_hash": self.leaf_hash.hex(),
+            "proof": [element.hex() for element in self.proof],
+            "root_hash": self.root_hash.hex(),
+        }
+
+
+async def check_inclusion(
+    database_url: str,
+    verifier: Verifier,
+    checkpoint_note: str,
+    *,
+    seq: int | None = None,
+    event_id: uuid.UUID | None = None,
+) -> InclusionCheck:
+    """Prove that one event, as stored now, is in the tree a signed checkpoint commits to.
+
+    The leaf is recomputed from the row's content (never taken from the database), and the
+    proof is checked against the checkpoint's root: merkle.ProofError (or CheckpointError for
+    the signature) unless the event is included exactly as stored.
+    """
+    checkpoint = open_checkpoint(checkpoint_note, verifier)
+    async with _snapshot(database_url) as connection:
+        if seq is None:
+            seq = await connection.fetchval(
+                "SELECT seq FROM audit_log WHERE event_id = $1", event_id
+            )
+            if seq is None:
+                raise merkle.ProofError(f"no event {event_id} in the log")
+        row = await connection.fetchrow(f"{_ROWS} WHERE seq = $1", seq)
+        if row is None:
+            raise merkle.ProofError(f"no event at seq {seq} in the log")
+        proof = await adapters.inclusion_proof(connection, seq, checkpoint.tree_size)
+    leaf = entry_leaf_hash(_entry(row))
+    merkle.verify_inclusion(seq, checkpoint.tree_size, leaf, proof, checkpoint.root_hash)
+    return InclusionCheck(
+        seq, row["event_id"], checkpoint.tree_size, leaf, proof, checkpoint.root_hash
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencyCheck:
+    first_size: int
+    second_size: int
+    proof: list[bytes]
+
+
+async def check_consistency(
+    database_url: str, verifier: Verifier, saved_note: str, newer_note: str | None = None
+) -> ConsistencyCheck:
+    """Prove that the log behind a checkpoint saved earlier is a prefix of the log now (the
+    latest stored tree head, or `newer_note`): O(log n) reads, where `verify` reads all.
+    merkle.ProofError unless it is."""
+    first = open_checkpoint(saved_note, verifier)
+    async with _snapshot(database_url) as connection:
+        if newer_note is None:
+            latest = await adapters.latest_tree_head(connection)
+            if latest is None:
+                raise merkle.ProofError("the database holds no signed tree head")
+            newer_note = latest.checkpoint
+        second = open_checkpoint(newer_note, verifier)
+        if second.tree_size < first.tree_size:
+            raise merkle.ProofError(
+                f"the log shrank: the saved checkpoint has {first.tree_size} events, "
+                f"the newer one {second.tree_size}"
+            )
+        proof = await adapters.consistency_proof(connection, first.tree_size, second.tree_size)
+    merkle.verify_consistency(
+        first.tree_size, second.tree_size, first.root_hash, second.root_hash, proof
+    )
+    return ConsistencyCheck(first.tree_size, second.tree_size, proof)

@@ -1,0 +1,339 @@
+"""Independent verification of an audit log: pure, fed row by row from any source.
+
+With only the log's public key, `LogVerifier` recomputes every leaf from what is stored, rebuilds
+the RFC 6962 tree, checks every stored tree head's signature and root and every checkpoint an
+auditor saved earlier, and says exactly what differs: which sequence number was changed,
+removed, inserted or reordered, or that the tail was cut. Memory stays O(log n) plus the rows
+that do not match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from civicline.audit.canonical import LogEntry, entry_leaf_hash
+from civicline.audit.checkpoint import Checkpoint, CheckpointError, Verifier, open_checkpoint
+from civicline.audit.merkle import CompactRange
+
+# Rows whose stored leaf hash disagrees with their content are kept to explain them; past this
+# many the log is plainly rewritten wholesale and the rest are only counted.
+MAX_EXPLAINED = 10_000
+
+
+class Problem(StrEnum):
+    CHANGED = "changed"
+    REMOVED = "removed"
+    INSERTED = "inserted"
+    REORDERED = "reordered"
+    TAIL_CUT = "tail_cut"
+    ROOT_MISMATCH = "root_mismatch"
+    BAD_SIGNATURE = "bad_signature"
+    UNSIGNED = "unsigned"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Finding:
+    seq: int
+    problem: Problem
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.problem.value.upper()}: {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One row as read back: its content and the leaf hash stored beside it (None if absent)."""
+
+    entry: LogEntry
+    leaf_hash: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredHead:
+    tree_size: int
+    root_hash: bytes
+    checkpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    events: int
+    verified_size: int
+    heads_checked: int
+    saved_checked: int
+    findings: tuple[Finding, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def lines(self) -> list[str]:
+        result = [str(finding) for finding in self.findings]
+        verdict = "OK" if self.ok else f"FAILED ({len(self.findings)} problems)"
+        result.append(
+            f"{verdict}: {self.events} events; {self.heads_checked} signed tree heads and "
+            f"{self.saved_checked} saved checkpoints checked; the first {self.verified_size} "
+            "events are proven by a signed tree head"
+        )
+        unsigned = self.events - self.verified_size
+        if self.ok and unsigned > 0:
+            result.append(f"note: the last {unsigned} events are not yet covered by a tree head")
+        return result
+
+
+@dataclass(slots=True)
+class _Target:
+    """A root the log must reproduce at `size`: a stored head or an auditor's checkpoint."""
+
+    size: int
+    root_hash: bytes
+    label: str
+
+
+@dataclass(slots=True)
+class LogVerifier:
+    """Feed it every row in seq order with `add`, then `finish` for the report."""
+
+    verifier: Verifier
+    heads: Sequence[StoredHead]
+    saved_checkpoints: Sequence[str] = ()
+    next_seq: int | None = None
+    _findings: list[Finding] = field(default_factory=list, init=False)
+    _targets: list[_Target] = field(default_factory=list, init=False)
+    _roots: dict[int, bytes] = field(default_factory=dict, init=False)
+    _tree: CompactRange = field(default_factory=CompactRange, init=False)
+    _expected: int = field(default=0, init=False)
+    _broken_at: int | None = field(default=None, init=False)
+    _mismatched: dict[int, StoredEntry] = field(default_factory=dict, init=False)
+    _unexplained: int = field(default=0, init=False)
+    _heads_ok: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        for head in self.heads:
+            label = f"stored tree head of size {head.tree_size}"
+            checkpoint = self._open(head.checkpoint, label, head.tree_size)
+            if checkpoint is None:
+                continue
+            if (checkpoint.tree_size, checkpoint.root_hash) != (head.tree_size, head.root_hash):
+                self._add(
+                    head.tree_size,
+                    Problem.BAD_SIGNATURE,
+                    f"{label}: its columns say size {head.tree_size} root "
+                    f"{head.root_hash.hex()}, its signed checkpoint says size "
+                    f"{checkpoint.tree_size} root {checkpoint.root_hash.hex()}",
+                )
+                continue
+            self._targets.append(_Target(head.tree_size, head.root_hash, label))
+            self._heads_ok += 1
+        for number, note in enumerate(self.saved_checkpoints, 1):
+            label = f"saved checkpoint #{number}"
+            checkpoint = self._open(note, label, None)
+            if checkpoint is not None:
+                size = checkpoint.tree_size
+                self._targets.append(_Target(size, checkpoint.root_hash, f"{label} (size {size})"))
+
+    def _open(self, note: str, label: str, size: int | None) -> Checkpoint | None:
+        try:
+            return open_checkpoint(note, self.verifier)
+        except CheckpointError as exc:
+            self._add(size or 0, Problem.BAD_SIGNATURE, f"{label}: {exc}")
+            return None
+
+    def _add(self, seq: int, problem: Problem, detail: str) -> None:
+        self._findings.append(Finding(seq, problem, detail))
+
+    def add(self, stored: StoredEntry) -> None:
+        """Feed the next row, in the order the source keeps them (by seq)."""
+        seq = stored.entry.seq
+        if seq < self._expected:
+            self._add(
+                seq, Problem.REORDERED, f"seq {seq} appears again after seq {self._expected - 1}"
+            )
+            if self._broken_at is None or seq < self._broken_at:
+                self._broken_at = seq
+            return
+        if seq > self._expected:
+            missing = (
+                f"seq {self._expected}"
+                if seq == self._expected + 1
+                else f"seqs {self._expected} to {seq - 1}"
+            )
+            self._add(self._expected, Problem.REMOVED, f"{missing} removed (the log has a gap)")
+            if self._broken_at is None:
+                self._broken_at = self._expected
+            self._expected = seq
+        leaf = entry_leaf_hash(stored.entry)
+        if stored.leaf_hash != leaf:
+            if len(self._mismatched) < MAX_EXPLAINED:
+                self._mismatched[seq] = stored
+            else:
+                self._unexplained += 1
+        self._expected = seq + 1
+        if self._broken_at is None:
+            self._tree.append(leaf)
+            self._roots_at_targets()
+
+    def _roots_at_targets(self) -> None:
+        size = self._tree.size
+        if any(target.size == size for target in self._targets):
+            self._roots[size] = self._tree.root()
+
+    def finish(self) -> Report:
+        self._explain_mismatches()
+        events = self._expected
+        if self.next_seq is not None and self.next_seq > events:
+            self._add(
+                events,
+                Problem.TAIL_CUT,
+                f"the tail was cut: the log state counts {self.next_seq} events, the rows end "
+                f"at seq {events - 1}",
+            )
+        elif self.next_seq is not None and self.next_seq < events:
+            self._add(
+                self.next_seq,
+                Problem.INSERTED,
+                f"seqs {self.next_seq} to {events - 1} were inserted past the log's end "
+                f"(the log state counts {self.next_seq} events)",
+            )
+        verified = 0
+        matched: list[int] = []
+        pinpointed = sorted(f.seq for f in self._findings if f.problem is not Problem.BAD_SIGNATURE)
+        for target in sorted(self._targets, key=lambda t: t.size):
+            if target.size > events:
+                self._add(
+                    events,
+                    Problem.TAIL_CUT,
+                    f"the tail was cut: {target.label} covers {target.size} events, the log "
+                    f"has {events} (seqs {events} to {target.size - 1} are gone)",
+                )
+                continue
+            if target.size == 0:
+                continue
+            if self._roots.get(target.size) == target.root_hash:
+                verified = max(verified, target.size)
+                matched.append(target.size)
+                continue
+            earlier = [seq for seq in pinpointed if seq < target.size]
+            if earlier:
+                seq, cause = earlier[0], f"explained by the change at seq {earlier[0]} above"
+            else:
+                seq = max((size for size in matched if size < target.size), default=0)
+                cause = (
+                    f"a leaf between seq {seq} and seq {target.size - 1} was rewritten together "
+                    "with its stored leaf hash, or the tree head was signed over another history"
+                )
+            self._add(seq, Problem.ROOT_MISMATCH, f"{target.label} does not match the log: {cause}")
+        if self._heads_ok == 0 and events > 0:
+            self._add(
+                0,
+                Problem.UNSIGNED,
+                f"no stored tree head is signed by {self.verifier.name} "
+                f"({self.verifier.key_id.hex()}): nothing proves this log",
+            )
+        return Report(
+            events=events,
+            verified_size=verified,
+            heads_checked=len(self.heads),
+            saved_checked=len(self.saved_checkpoints),
+            findings=tuple(sorted(self._findings)),
+        )
+
+    def _explain_mismatches(self) -> None:
+        """Say what each row whose content no longer matches its stored leaf hash is: a row
+        moved from another seq (its content still hashes to its leaf at that seq) or changed."""
+        origin: dict[int, int] = {}
+        for seq, stored in self._mismatched.items():
+            candidates = [seq - 1, seq + 1, *self._mismatched]
+            for candidate in candidates:
+                if candidate < 0 or candidate == seq or stored.leaf_hash is None:
+                    continue
+                moved = dataclasses.replace(stored.entry, seq=candidate)
+                if entry_leaf_hash(moved) == stored.leaf_hash:
+                    origin[seq] = candidate
+                    break
+        reported: set[int] = set()
+        for run_start, run_end, offset in _runs(origin):
+            if offset == -1:
+                inserted = run_start - 1
+                reported.update(range(inserted, run_end))
+                self._add(
+                    inserted,
+                    Problem.INSERTED,
+                    f"seq {inserted} was inserted: the events now at seqs {run_start} to "
+                    f"{run_end - 1} were recorded one position earlier",
+                )
+            elif offset == 1:
+                reported.update(range(run_start, run_end))
+                self._add(
+                    run_start,
+                    Problem.REMOVED,
+                    f"seq {run_start} was removed: the events now at seqs {run_start} to "
+                    f"{run_end - 1} were recorded one position later",
+                )
+        for seq, source in sorted(origin.items()):
+            if seq in reported:
+                continue
+            if origin.get(source) == seq:
+                reported.update((seq, source))
+                self._add(
+                    min(seq, source),
+                    Problem.REORDERED,
+                    f"seqs {min(seq, source)} and {max(seq, source)} were swapped",
+                )
+            else:
+                reported.add(seq)
+                self._add(
+                    seq,
+                    Problem.REORDERED,
+                    f"the event at seq {seq} was recorded at seq {source}",
+                )
+        for seq, stored in sorted(self._mismatched.items()):
+            if seq in reported:
+                continue
+            what = "no stored leaf hash" if stored.leaf_hash is None else "its stored leaf hash"
+            self._add(
+                seq,
+                Problem.CHANGED,
+                f"seq {seq} (event {stored.entry.event_id}) was changed: its content no longer "
+                f"matches {what}",
+            )
+        if self._unexplained:
+            self._add(
+                max(self._mismatched, default=0),
+                Problem.CHANGED,
+                f"{self._unexplained} more rows no longer match their stored leaf hashes",
+            )
+
+
+def _runs(origin: dict[int, int]) -> Iterable[tuple[int, int, int]]:
+    """Maximal runs of consecutive seqs moved by the same offset of ±1, as (start, end, offset);
+    a run of one whose partner moved back the other way is a swap, not a run."""
+    seqs = sorted(s for s, o in origin.items() if abs(o - s) == 1 and origin.get(o) != s)
+    start: int | None = None
+    run_offset = 0
+    for position, seq in enumerate(seqs):
+        offset = origin[seq] - seq
+        if start is None:
+            start, run_offset = seq, offset
+        nxt = seqs[position + 1] if position + 1 < len(seqs) else None
+        if nxt is None or nxt != seq + 1 or origin[nxt] - nxt != run_offset:
+            yield start, seq + 1, run_offset
+            start = None
+
+
+def verify_entries(
+    verifier: Verifier,
+    heads: Sequence[StoredHead],
+    entries: Iterable[StoredEntry],
+    *,
+    saved_checkpoints: Sequence[str] = (),
+    next_seq: int | None = None,
+) -> Report:
+    checker = LogVerifier(verifier, heads, saved_checkpoints, next_seq)
+    for stored in entries:
+        checker.add(stored)
+    return checker.finish()

@@ -1,0 +1,110 @@
+"""Audit logs for tests: sample records, and a database of its own for a test that tampers
+with one (or needs the migrations applied step by step)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from civicline.audit.core import AuditRecord
+from civicline.common.envelope import SCHEMA_VERSION, event_id
+from civicline.common.migrate import migrate as apply_migrations
+from support.isolation import ADMIN_DATABASE_URL, _with_path
+
+START = datetime(2026, 7, 18, 9, 30, tzinfo=UTC)
+
+
+def sample_records(
+    count: int, *, kind: str = "message.voting", raw_webhooks: bool = True
+) -> list[AuditRecord]:
+    """Distinct events of `kind`, every third one (unless not `raw_webhooks`) a raw webhook
+    with its body and signature."""
+    records = []
+    for n in range(count):
+        key = uuid.uuid4().hex
+        if raw_webhooks and n % 3 == 0:
+            body = f'{{"entry":"{key}","text":"\\ud22c\\ud45c"}}'.encode() + b"\x00\xff"
+            records.append(
+                AuditRecord(
+                    event_id=event_id("webhook", key),
+                    kind="inbound.webhook",
+                    occurred_at=START + timedelta(seconds=n),
+                    correlation_id=key,
+                    schema_version=SCHEMA_VERSION,
+                    payload={"bytes": len(body), "content_type": "application/json"},
+                    raw_body=body,
+                    signature="sha256=" + "ab" * 32,
+                )
+            )
+        else:
+            records.append(
+                AuditRecord(
+                    event_id=event_id("message", key),
+                    kind=kind,
+                    occurred_at=START + timedelta(seconds=n),
+                    correlation_id=f"wamid.{key}",
+                    schema_version=SCHEMA_VERSION,
+                    payload={"text": "투표소 위치", "n": n},
+                )
+            )
+    return records
+
+
+def database_url_as(database_url: str, role: str) -> str:
+    """The same database, reached as another role (trust authentication on 127.0.0.1)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(database_url)
+    host = parts.hostname or "127.0.0.1"
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{role}@{host}{port}"))
+
+
+@asynccontextmanager
+async def fresh_database(label: str, *, migrate: bool = True) -> AsyncIterator[str]:
+    """A new database (no vhost: these tests need no broker), dropped afterwards."""
+    name = f"civicline_test_{label}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(ADMIN_DATABASE_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = _with_path(ADMIN_DATABASE_URL, name)
+    try:
+        if migrate:
+            connection = await asyncpg.connect(url)
+            try:
+                await apply_migrations(connection)
+            finally:
+                await connection.close()
+        yield url
+    finally:
+        admin = await asyncpg.connect(ADMIN_DATABASE_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def run_audit_cli(*arguments: str, env: dict[str, str]) -> tuple[int, str]:
+    """`python -m civicline.audit <arguments>` as a process: (exit status, stdout + stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "civicline.audit",
+        *arguments,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, output.decode()

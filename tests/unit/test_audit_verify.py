@@ -1,0 +1,190 @@
+"""The verifier's verdicts on a log held in memory: clean, and each kind of tampering named at
+the sequence number where it happened."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from civicline.audit import merkle
+from civicline.audit.canonical import LogEntry, entry_leaf_hash
+from civicline.audit.checkpoint import Checkpoint, Signer, sign_checkpoint
+from civicline.audit.verify import Problem, Report, StoredEntry, StoredHead, verify_entries
+
+SIGNER = Signer.generate("vote.example.gov/audit")
+START = datetime(2026, 7, 18, 9, 0, tzinfo=UTC)
+SIZE = 40
+HEAD_SIZES = (10, 25, 40)
+
+
+def entry(seq: int) -> LogEntry:
+    return LogEntry(
+        seq=seq,
+        event_id=uuid.uuid5(uuid.NAMESPACE_URL, str(seq)),
+        kind="message.voting",
+        occurred_at=START + timedelta(seconds=seq),
+        recorded_at=START + timedelta(seconds=seq, microseconds=500),
+        correlation_id=f"wamid.{seq}",
+        schema_version=1,
+        payload_json=f'{{"n":{seq}}}',
+    )
+
+
+def stored_log(size: int = SIZE) -> list[StoredEntry]:
+    entries = [entry(seq) for seq in range(size)]
+    return [StoredEntry(e, entry_leaf_hash(e)) for e in entries]
+
+
+def head(log: list[StoredEntry], size: int, signer: Signer = SIGNER) -> StoredHead:
+    root = merkle.root([s.leaf_hash or b"" for s in log[:size]])
+    note = sign_checkpoint(Checkpoint(signer.name, size, root, START), signer)
+    return StoredHead(size, root, note)
+
+
+GENUINE = stored_log()
+HEADS = [head(GENUINE, size) for size in HEAD_SIZES]
+
+
+def verify(
+    log: list[StoredEntry],
+    heads: list[StoredHead] = HEADS,
+    *,
+    saved: tuple[str, ...] = (),
+    next_seq: int | None = SIZE,
+) -> Report:
+    return verify_entries(SIGNER.verifier, heads, log, saved_checkpoints=saved, next_seq=next_seq)
+
+
+def problems(report: Report) -> list[tuple[Problem, int]]:
+    """The pinpointed findings (root mismatches they cause are listed apart)."""
+    return [(f.problem, f.seq) for f in report.findings if f.problem is not Problem.ROOT_MISMATCH]
+
+
+def moved(stored: StoredEntry, seq: int) -> StoredEntry:
+    """A row renumbered by a superuser: content and stored leaf hash travel with it."""
+    return StoredEntry(dataclasses.replace(stored.entry, seq=seq), stored.leaf_hash)
+
+
+def test_a_clean_log_verifies() -> None:
+    report = verify(GENUINE)
+    assert report.ok, report.lines()
+    assert report.verified_size == SIZE
+    assert report.lines()[-1].startswith("OK: 40 events; 3 signed tree heads")
+
+
+def test_events_after_the_last_head_are_fine_but_reported_as_unsigned() -> None:
+    log = stored_log(45)
+    report = verify(log, next_seq=45)
+    assert report.ok
+    assert report.verified_size == SIZE
+    assert "the last 5 events are not yet covered" in report.lines()[-1]
+
+
+def test_an_edited_payload_is_pinpointed() -> None:
+    log = list(GENUINE)
+    log[17] = StoredEntry(
+        dataclasses.replace(log[17].entry, payload_json='{"n":1700}'), log[17].leaf_hash
+    )
+    report = verify(log)
+    assert problems(report) == [(Problem.CHANGED, 17)]
+    # Heads before the change still hold; those after it do not, and say why.
+    assert report.verified_size == 10
+    mismatches = [f for f in report.findings if f.problem is Problem.ROOT_MISMATCH]
+    assert len(mismatches) == 2
+    assert all("explained by the change at seq 17" in f.detail for f in mismatches)
+
+
+def test_a_deleted_row_is_pinpointed() -> None:
+    log = GENUINE[:12] + GENUINE[13:]
+    report = verify(log)
+    assert problems(report)[0] == (Problem.REMOVED, 12)
+    assert "seq 12 removed" in str(report.findings[0])
+
+
+def test_a_deleted_row_with_the_rest_renumbered_is_pinpointed() -> None:
+    log = GENUINE[:12] + [moved(s, s.entry.seq - 1) for s in GENUINE[13:]]
+    report = verify(log, next_seq=SIZE - 1)
+    assert problems(report)[0] == (Problem.REMOVED, 12)
+    assert "recorded one position later" in str(report.findings[0])
+
+
+def test_swapped_rows_are_pinpointed() -> None:
+    log = list(GENUINE)
+    log[20], log[30] = moved(GENUINE[30], 20), moved(GENUINE[20], 30)
+    report = verify(log)
+    assert problems(report) == [(Problem.REORDERED, 20)]
+    assert "seqs 20 and 30 were swapped" in str(report.findings[0])
+
+
+def test_adjacent_swapped_rows_are_pinpointed() -> None:
+    log = list(GENUINE)
+    log[5], log[6] = moved(GENUINE[6], 5), moved(GENUINE[5], 6)
+    assert problems(verify(log)) == [(Problem.REORDERED, 5)]
+
+
+def test_a_forged_row_inserted_in_the_middle_is_pinpointed() -> None:
+    forged_entry = dataclasses.replace(entry(22), payload_json='{"forged":true}')
+    forged = StoredEntry(forged_entry, entry_leaf_hash(forged_entry))
+    log = [*GENUINE[:22], forged, *(moved(s, s.entry.seq + 1) for s in GENUINE[22:])]
+    report = verify(log, next_seq=SIZE + 1)
+    assert problems(report) == [(Problem.INSERTED, 22)]
+    assert "seq 22 was inserted" in str(report.findings[0])
+
+
+def test_a_forged_row_past_the_end_is_pinpointed() -> None:
+    forged_entry = entry(SIZE)
+    log = [*GENUINE, StoredEntry(forged_entry, entry_leaf_hash(forged_entry))]
+    assert problems(verify(log, next_seq=SIZE)) == [(Problem.INSERTED, SIZE)]
+
+
+def test_a_cut_tail_is_detected_by_the_heads_that_covered_it() -> None:
+    report = verify(GENUINE[:30], next_seq=30)
+    assert problems(report) == [(Problem.TAIL_CUT, 30)]
+    assert "covers 40 events, the log has 30" in str(report.findings[0])
+
+
+def test_a_cut_tail_with_its_heads_is_detected_by_a_saved_checkpoint() -> None:
+    report = verify(GENUINE[:30], HEADS[:2], saved=(HEADS[2].checkpoint,), next_seq=30)
+    assert problems(report) == [(Problem.TAIL_CUT, 30)]
+    assert "saved checkpoint #1" in str(report.findings[0])
+
+
+def test_a_rewritten_history_is_caught_by_a_saved_checkpoint() -> None:
+    # The operator rewrote seq 3 with a matching leaf hash and re-signed every head.
+    log = list(GENUINE)
+    rewritten = dataclasses.replace(log[3].entry, payload_json='{"n":"rewritten"}')
+    log[3] = StoredEntry(rewritten, entry_leaf_hash(rewritten))
+    resigned = [head(log, size) for size in HEAD_SIZES]
+    assert verify(log, resigned).ok  # consistent with itself...
+    report = verify(log, resigned, saved=(HEADS[0].checkpoint,))
+    assert [f.problem for f in report.findings] == [Problem.ROOT_MISMATCH]
+    assert "between seq 0 and seq 9" in report.findings[0].detail  # ...not with the auditor
+
+
+def test_a_head_not_signed_by_the_key_is_rejected() -> None:
+    forged = head(GENUINE, 25, Signer.generate(SIGNER.name))
+    report = verify(GENUINE, [HEADS[0], forged, HEADS[2]])
+    assert [(f.problem, f.seq) for f in report.findings] == [(Problem.BAD_SIGNATURE, 25)]
+
+
+def test_a_head_whose_columns_disagree_with_its_checkpoint_is_rejected() -> None:
+    altered = dataclasses.replace(HEADS[1], root_hash=HEADS[0].root_hash)
+    report = verify(GENUINE, [HEADS[0], altered, HEADS[2]])
+    assert [f.problem for f in report.findings] == [Problem.BAD_SIGNATURE]
+
+
+def test_a_log_no_head_of_the_key_signed_fails() -> None:
+    report = verify(GENUINE, [])
+    assert [f.problem for f in report.findings] == [Problem.UNSIGNED]
+    other = verify_entries(Signer.generate("x.example/log").verifier, HEADS, GENUINE)
+    assert Problem.UNSIGNED in [f.problem for f in other.findings]
+
+
+@pytest.mark.parametrize("size", [0, 1, 2])
+def test_tiny_logs(size: int) -> None:
+    log = stored_log(size)
+    heads = [head(log, size)] if size else []
+    assert verify(log, heads, next_seq=size).ok
