@@ -38,3 +38,20 @@ async def environments() -> AsyncIterator[EnvironmentFactory]:
     yield make
     for environment in made:
         await drop_environment(environment)
+
+
+@pytest.fixture
+async def environment_for_test() -> AsyncIterator[EnvironmentFactory]:
+    """Like `environments`, but each one is dropped as soon as its test ends: a test that
+    makes its own broker vhost (quorum queues are Raft groups, not free) should not leave it
+    running for the rest of the session."""
+    made: list[Environment] = []
+
+    async def make(label: str) -> Environment:
+        environment = await create_environment(label)
+        made.append(environment)
+        return environment
+
+    yield make
+    for environment in made:
+        await drop_environment(environment)

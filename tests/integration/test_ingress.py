@@ -239,6 +239,9 @@ async def test_every_accepted_post_is_queued(
         pytest.param(sign(BODY + b" "), id="signature-of-another-body"),
         pytest.param("", id="empty-header"),
         pytest.param("sha1=" + "0" * 40, id="sha1"),
+        pytest.param(sign(BODY)[:40], id="short"),
+        pytest.param("sha256=" + "z" * 64, id="non-hex"),
+        pytest.param(sign(BODY).replace("sha256=", "sha512="), id="wrong-algorithm"),
     ],
 )
 async def test_bad_signature_is_401_and_publishes_nothing(

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def channel(environments: EnvironmentFactory) -> AsyncIterator[AbstractChannel]:
-    environment = await environments("topology")
+async def channel(environment_for_test: EnvironmentFactory) -> AsyncIterator[AbstractChannel]:
+    environment = await environment_for_test("topology")
     connection = await aio_pika.connect(environment.amqp_url)
     async with connection:
         channel = await connection.channel()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import asyncpg
 
+from civicline.audit.auditor import verify_database
+from civicline.audit.checkpoint import Signer, Verifier
 from civicline.simulator.server import Simulator
 from support.accounting import (
     Outcome,
@@ -23,6 +25,9 @@ from support.pipeline import APP_SECRET, Pipeline
 from support.tcpproxy import TcpProxy
 from support.traffic import TrafficLog, Webhook, deliver
 
+# Every scenario's count line, printed at the end of the run (tests/faults/conftest.py).
+SCENARIO_LINES: list[str] = []
+
 
 @dataclass
 class Harness:
@@ -30,6 +35,8 @@ class Harness:
     simulator: Simulator
     pipeline: Pipeline
     log_dir: Path
+    # The audit service signs tree heads with this key's private half during the run.
+    verifier: Verifier
 
     def traffic(
         self, hooks: list[Webhook], log: TrafficLog, *, rate: float = 60.0
@@ -47,13 +54,18 @@ class Harness:
         await wait_until_settled(self.environment.database_url, self.simulator, log.accepted_wamids)
         exit_codes = await self.pipeline.stop_all()
         outcome = await count(scenario, log, self.environment.database_url, self.simulator)
-        print(outcome.line())
+        SCENARIO_LINES.append(outcome.line())
         depths = await queue_depths(self.environment.amqp_url)
         dead = {name: n for name, n in depths.items() if name.endswith(".dlq")}
         live = {name: n for name, n in depths.items() if not name.endswith(".dlq")}
         assert live == dict.fromkeys(live, 0), f"work left in queues: {live}"
         assert sum(dead.values()) <= allow_dead_letters, f"dead letters: {dead}"
         assert await audit_is_gapless(self.environment.database_url)
+        # The whole log verifies: every leaf recomputed, the tree rebuilt, every signed head
+        # checked (an auditor's `civicline-audit verify`).
+        report = await verify_database(self.environment.database_url, self.verifier)
+        assert report.ok, "\n".join(report.lines())
+        assert report.heads_checked >= 1, "the audit service signed no tree head"
         assert exit_codes == dict.fromkeys(exit_codes, 0), exit_codes
         return outcome
 
@@ -98,3 +110,13 @@ class ProxiedHarness:
     harness: Harness
     amqp: TcpProxy
     postgres: TcpProxy
+
+
+def signing_env() -> tuple[dict[str, str], Verifier]:
+    """Settings that make the audit service sign a tree head every second, and the key an
+    auditor would hold to check them."""
+    signer = Signer.generate("faults.civicline.test")
+    return {
+        "AUDIT_SIGNING_KEY": signer.encode(),
+        "AUDIT_CHECKPOINT_INTERVAL": "1",
+    }, signer.verifier

@@ -1,0 +1,83 @@
+"""Fixtures of the reliability suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from civicline.simulator.server import Simulator
+from support.harness import SCENARIO_LINES, Harness, ProxiedHarness, signing_env
+from support.isolation import EnvironmentFactory
+from support.pipeline import Pipeline
+from support.tcpproxy import TcpProxy
+
+
+@pytest.fixture
+async def harness(
+    environment_for_test: EnvironmentFactory, tmp_path: Path
+) -> AsyncIterator[Harness]:
+    environment = await environment_for_test("faults")
+    async with Simulator() as simulator:
+        env, verifier = signing_env()
+        pipeline = Pipeline(environment, simulator.base_url, tmp_path, extra_env=env)
+        try:
+            await pipeline.start_all()
+            yield Harness(environment, simulator, pipeline, tmp_path, verifier)
+        finally:
+            for service, process in pipeline.processes.items():
+                if process.poll() is None:
+                    await pipeline.stop(service)
+
+
+def _through(url: str, port: int) -> str:
+    """`url` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{port}"))
+
+
+@pytest.fixture
+async def proxied_harness(
+    environment_for_test: EnvironmentFactory, tmp_path: Path
+) -> AsyncIterator[ProxiedHarness]:
+    environment = await environment_for_test("netfaults")
+    amqp_target, postgres_target = (
+        urlsplit(environment.amqp_url),
+        urlsplit(environment.database_url),
+    )
+    amqp = TcpProxy(amqp_target.hostname or "127.0.0.1", amqp_target.port or 5672)
+    postgres = TcpProxy(postgres_target.hostname or "127.0.0.1", postgres_target.port or 5432)
+    await amqp.start()
+    await postgres.start()
+    env, verifier = signing_env()
+    async with Simulator() as simulator:
+        pipeline = Pipeline(
+            environment,
+            simulator.base_url,
+            tmp_path,
+            amqp_url=_through(environment.amqp_url, amqp.port),
+            database_url=_through(environment.database_url, postgres.port),
+            extra_env=env,
+        )
+        try:
+            await pipeline.start_all()
+            yield ProxiedHarness(
+                Harness(environment, simulator, pipeline, tmp_path, verifier), amqp, postgres
+            )
+        finally:
+            for service, process in pipeline.processes.items():
+                if process.poll() is None:
+                    await pipeline.stop(service)
+            await amqp.stop()
+            await postgres.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per scenario, end to end: `scenario: sent N, accepted N, audited N, ...`."""
+    if SCENARIO_LINES:
+        terminalreporter.section("reliability scenarios")
+        for line in SCENARIO_LINES:
+            terminalreporter.write_line(line)
