@@ -24,6 +24,7 @@ from civicline.common.envelope import event_id
 from civicline.common.settings import Settings
 from civicline.common.topology import AUDIT_EVENTS, ROUTER_INBOUND, declare
 from civicline.ingress.app import create_app
+from support.amqp_probe import consume_one
 from support.isolation import Environment, EnvironmentFactory
 
 pytestmark = pytest.mark.integration
@@ -112,6 +113,7 @@ async def broker_channel(environment: Environment) -> AsyncIterator[AbstractChan
     connection: AbstractConnection = await aio_pika.connect(environment.amqp_url)
     async with connection:
         channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1)
         await declare(channel)
         yield channel
 
@@ -142,8 +144,9 @@ async def empty_queues(broker_channel: AbstractChannel) -> None:
 
 async def take(channel: AbstractChannel, queue_name: str) -> AbstractIncomingMessage | None:
     """One message from the queue, acked, or None when the queue is empty."""
-    queue = await channel.get_queue(queue_name, ensure=False)
-    message = await queue.get(no_ack=False, fail=False)
+    if await ready_count(channel, queue_name) == 0:
+        return None
+    message = await consume_one(channel, queue_name)
     if message is not None:
         await message.ack()
     return message

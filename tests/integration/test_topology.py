@@ -7,7 +7,6 @@ what the topology's queue arguments do: a poison message must reach its dead-let
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import aio_pika
@@ -22,6 +21,7 @@ from civicline.common.topology import (
     ROUTER_INBOUND,
     declare,
 )
+from support.amqp_probe import consume_one
 from support.isolation import EnvironmentFactory
 
 pytestmark = pytest.mark.integration
@@ -33,19 +33,15 @@ async def channel(environment_for_test: EnvironmentFactory) -> AsyncIterator[Abs
     connection = await aio_pika.connect(environment.amqp_url)
     async with connection:
         channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1)
         await declare(channel)
         yield channel
 
 
 async def get_one(channel: AbstractChannel, queue_name: str) -> AbstractIncomingMessage:
-    queue = await channel.get_queue(queue_name, ensure=False)
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        message = await queue.get(no_ack=False, fail=False)
-        if message is not None:
-            return message
-        assert asyncio.get_running_loop().time() < deadline, f"nothing arrived in {queue_name}"
-        await asyncio.sleep(0.05)
+    message = await consume_one(channel, queue_name)
+    assert message is not None, f"nothing arrived in {queue_name}"
+    return message
 
 
 async def publish(channel: AbstractChannel, routing_key: str, body: bytes) -> None:
@@ -77,21 +73,12 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_the_delivery_
     channel: AbstractChannel,
 ) -> None:
     await publish(channel, "inbound.webhook", b"keeps failing")
-    deliveries = 0
-    queue = await channel.get_queue(ROUTER_INBOUND.name, ensure=False)
-    deadline = asyncio.get_running_loop().time() + 20
-    while asyncio.get_running_loop().time() < deadline:
-        message = await queue.get(no_ack=False, fail=False)
-        if message is None:
-            if deliveries > DELIVERY_LIMIT:
-                break
-            await asyncio.sleep(0.05)
-            continue
-        deliveries += 1
-        await message.nack(requeue=True)
-
     # The first delivery plus DELIVERY_LIMIT redeliveries, then the broker gives up on it.
-    assert deliveries == DELIVERY_LIMIT + 1
+    for _ in range(DELIVERY_LIMIT + 1):
+        message = await consume_one(channel, ROUTER_INBOUND.name)
+        assert message is not None
+        await message.nack(requeue=True)
+    assert await consume_one(channel, ROUTER_INBOUND.name, timeout=1.0) is None
     dead = await get_one(channel, ROUTER_INBOUND.dead_letter_queue)
     assert dead.body == b"keeps failing"
     await dead.ack()

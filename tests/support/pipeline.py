@@ -63,10 +63,14 @@ class Pipeline:
         }
 
     def start(self, service: str) -> None:
+        """Start `service` ("router"), or another replica of it ("responder-2")."""
+        module = service.split("-", 1)[0]
+        env = self.env()
+        env[f"{module.upper()}_PORT"] = str(self.ports.setdefault(service, free_port()))
         log = (self.log_dir / f"{service}.log").open("ab")
         self.processes[service] = subprocess.Popen(
-            [sys.executable, "-m", f"civicline.{service}"],
-            env=self.env(),
+            [sys.executable, "-m", f"civicline.{module}"],
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -125,9 +129,9 @@ class Pipeline:
 
     async def stop_all(self) -> dict[str, int]:
         # Ingress first, so no new work enters while the consumers drain.
-        return {
-            service: await self.stop(service) for service in SERVICES if service in self.processes
-        }
+        order = [s for s in SERVICES if s in self.processes]
+        order += [s for s in self.processes if s not in SERVICES]
+        return {s: await self.stop(s) for s in order}
 
     def kill(self, service: str) -> None:
         """SIGKILL: the process dies wherever it is, as on an OOM kill or a node loss."""

@@ -64,6 +64,7 @@ class Settings:
     prefetch: int = 64
     shutdown_timeout: float = 20.0
     responder_max_retries: int = 25
+    responder_send_rate: int = 80
     audit_batch_size: int = 256
     audit_batch_linger: float = 0.02
     audit_signing_key: str = field(default="", repr=False)
@@ -145,6 +146,7 @@ class Settings:
             prefetch=integer("CIVICLINE_PREFETCH", 64),
             shutdown_timeout=seconds("CIVICLINE_SHUTDOWN_TIMEOUT", 20.0),
             responder_max_retries=integer("RESPONDER_MAX_RETRIES", 25),
+            responder_send_rate=integer("RESPONDER_SEND_RATE", 80),
             audit_batch_size=integer("AUDIT_BATCH_SIZE", 256),
             audit_batch_linger=seconds("AUDIT_BATCH_LINGER", 0.02),
             audit_signing_key=values.get("AUDIT_SIGNING_KEY", ""),
@@ -160,6 +162,12 @@ class Settings:
             problems.append(
                 "CIVICLINE_LOG_LEVEL must be debug, info, warning or error, "
                 f"got {settings.log_level!r}"
+            )
+        if settings.responder_send_rate > 1000:
+            # Meta's highest per-number throughput tier (reference §6).
+            problems.append(
+                "RESPONDER_SEND_RATE is at most 1000 messages/s, "
+                f"got {settings.responder_send_rate}"
             )
         if problems:
             raise SettingsError("invalid configuration:\n  - " + "\n  - ".join(problems))
@@ -186,6 +194,7 @@ _ALL_NAMES = (
     "CIVICLINE_PREFETCH",
     "CIVICLINE_SHUTDOWN_TIMEOUT",
     "RESPONDER_MAX_RETRIES",
+    "RESPONDER_SEND_RATE",
     "AUDIT_BATCH_SIZE",
     "AUDIT_BATCH_LINGER",
     "AUDIT_SIGNING_KEY",

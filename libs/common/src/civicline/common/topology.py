@@ -52,6 +52,9 @@ class QueueSpec:
     # then expires back into this queue; being a new message, it does not burn the delivery
     # limit, which stays reserved for crashes and poison.
     retry_delays: tuple[int, ...] = ()
+    # One consumer at a time gets the queue's messages, in order; the others stand by and
+    # take over if it goes away.
+    single_active_consumer: bool = False
 
     @property
     def dead_letter_queue(self) -> str:
@@ -82,11 +85,21 @@ class QueueSpec:
             "x-dead-letter-routing-key": self.dead_letter_queue,
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
+            **({"x-single-active-consumer": True} if self.single_active_consumer else {}),
         }
 
 
-ROUTER_INBOUND = QueueSpec("router.inbound", (INBOUND_WEBHOOK,))
-RESPONDER_MESSAGES = QueueSpec("responder.messages", ("message.#",), retry_delays=(1, 5, 30, 120))
+ROUTER_INBOUND = QueueSpec("router.inbound", (INBOUND_WEBHOOK,), single_active_consumer=True)
+# Single active consumer on the router's and the responder's queues: a citizen's messages are
+# classified and answered in the order they arrived even with several replicas (the others
+# are hot standbys that take over at once). One responder keeps up with Meta's per-number
+# ceiling; partitioning the queues into lanes by citizen is the way to scale out past that.
+RESPONDER_MESSAGES = QueueSpec(
+    "responder.messages",
+    ("message.#",),
+    retry_delays=(1, 5, 30, 120),
+    single_active_consumer=True,
+)
 AUDIT_EVENTS = QueueSpec("audit.events", ("#",))
 # The inbox of an agency's agent tool or CRM: messages handed to people wait here, durable,
 # whether or not the tool is connected.

@@ -12,6 +12,7 @@ from civicline.common.topology import RESPONDER_MESSAGES
 from civicline.responder.catalog import load_catalog
 from civicline.responder.graph import GraphClient
 from civicline.responder.handlers import responder_handler
+from civicline.responder.throttle import RateLimitedSender, SendSchedule
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -28,10 +29,15 @@ def create_app(settings: Settings) -> web.Application:
             api_version=settings.graph_api_version,
             access_token=settings.access_token,
         )
+        # Every send, replies and away notices alike, waits for a slot of the per-number
+        # schedule shared with the other replicas.
+        sender = RateLimitedSender(
+            graph, SendSchedule(runtime.pool, rate=settings.responder_send_rate)
+        )
         return responder_handler(
             runtime.pool,
             runtime.publisher,
-            graph,
+            sender,
             catalog,
             max_retries=settings.responder_max_retries,
         )

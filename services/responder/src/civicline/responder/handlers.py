@@ -10,8 +10,10 @@ from prometheus_client import Counter
 from civicline.common.amqp import MessageHandler, PoisonMessage, Publisher, retry_attempt
 from civicline.common.envelope import Envelope, EnvelopeError, utc_now
 from civicline.common.failures import DependencyUnavailable, outlast_outage
+from civicline.common.ordering import CitizenTurns
 from civicline.common.topology import RESPONDER_MESSAGES
 from civicline.responder import adapters
+from civicline.responder.adapters import MessageSender
 from civicline.responder.catalog import Catalog
 from civicline.responder.core import (
     InboundRef,
@@ -24,7 +26,7 @@ from civicline.responder.core import (
     sent_event,
     suppressed_event,
 )
-from civicline.responder.graph import GraphClient, GraphError
+from civicline.responder.graph import GraphError
 
 log = structlog.get_logger(__name__)
 
@@ -38,16 +40,22 @@ class ReplyInProgress(DependencyUnavailable):
 def responder_handler(
     pool: asyncpg.Pool,
     publisher: Publisher,
-    graph: GraphClient,
+    graph: MessageSender,
     catalog: Catalog,
     *,
     max_retries: int,
 ) -> MessageHandler:
+    citizens = CitizenTurns()
+
     async def handle(message: AbstractIncomingMessage) -> None:
         try:
             inbound = InboundRef.from_payload(Envelope.decode(message.body).payload)
         except (EnvelopeError, KeyError, TypeError) as exc:
             raise PoisonMessage(f"not a classified message: {exc!r}") from None
+        async with citizens.turn(inbound.recipient):
+            await answer(message, inbound)
+
+    async def answer(message: AbstractIncomingMessage, inbound: InboundRef) -> None:
         decision = decide(inbound, catalog)
         if isinstance(decision, NoReply):
             return

@@ -13,6 +13,7 @@ from prometheus_client import Counter
 
 from civicline.common.amqp import MessageHandler, PoisonMessage, Publisher
 from civicline.common.envelope import Envelope
+from civicline.common.ordering import CitizenTurns
 from civicline.router import adapters
 from civicline.router.core import ParsedWebhook, detect_language, parse_webhook
 from civicline.router.events import (
@@ -34,6 +35,8 @@ REJECTED = Counter("civicline_router_rejected_total", "Signed webhooks that coul
 
 
 def router_handler(pool: asyncpg.Pool, publisher: Publisher, rules: Rules) -> MessageHandler:
+    turns = CitizenTurns()
+
     async def handle(message: AbstractIncomingMessage) -> None:
         raw_event_id = message.message_id or ""
         received_at = _received_at(message.headers)
@@ -46,14 +49,16 @@ def router_handler(pool: asyncpg.Pool, publisher: Publisher, rules: Rules) -> Me
             REJECTED.inc()
             # Kept for inspection in the dead-letter queue; never requeued.
             raise PoisonMessage(f"webhook rejected: {why}")
-        async with pool.acquire() as connection, connection.transaction():
-            events = await _new_events(connection, parsed, rules, raw_event_id, received_at)
-            # Published before commit: if a publish fails the claims roll back and the
-            # redelivered webhook is routed again (same event ids, so no duplicates).
-            for event in events:
-                await publisher.publish_envelope(event)
-                ROUTED.labels(event.kind).inc()
-        log.info("webhook_routed", events=len(events), kinds=sorted({e.kind for e in events}))
+        # Before any await: turns are granted in the order webhooks arrived.
+        async with turns.turn(*(m.citizen_key() for m in parsed.messages)):
+            async with pool.acquire() as connection, connection.transaction():
+                events = await _new_events(connection, parsed, rules, raw_event_id, received_at)
+                # Published before commit: if a publish fails the claims roll back and the
+                # redelivered webhook is routed again (same event ids, so no duplicates).
+                for event in events:
+                    await publisher.publish_envelope(event)
+                    ROUTED.labels(event.kind).inc()
+            log.info("webhook_routed", events=len(events), kinds=sorted({e.kind for e in events}))
 
     return handle
 

@@ -1,0 +1,31 @@
+"""Reading a queue from a test. Quorum queues with a single active consumer (router.inbound,
+responder.messages) refuse basic.get, so tests subscribe like a consumer would."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+
+async def consume_one(
+    channel: AbstractChannel, queue_name: str, *, timeout: float = 10.0
+) -> AbstractIncomingMessage | None:
+    """The next message of the queue, unsettled (the caller acks or rejects it), or None if
+    none arrives within `timeout`. Set the channel's prefetch to 1 so nothing else is taken."""
+    queue = await channel.get_queue(queue_name, ensure=False)
+    arrived: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        if arrived.done():
+            await message.nack(requeue=True)
+        else:
+            arrived.set_result(message)
+
+    tag = await queue.consume(on_message)
+    try:
+        return await asyncio.wait_for(arrived, timeout)
+    except TimeoutError:
+        return None
+    finally:
+        await queue.cancel(tag)
