@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PACKAGES := libs/common services/ingress services/router services/responder services/audit tools/simulator
 PYTEST_ARGS ?=
 
-.PHONY: help install services run sample test test-unit lint format clean
+.PHONY: help install services run sample test test-unit lint format clean up down
 
 help:
 	@echo "make run     the whole pipeline against the local Meta simulator (Ctrl-C stops it)"
@@ -18,6 +18,8 @@ help:
 	@echo "make test    every test (lint, unit, integration, end to end)"
 	@echo "make test-unit  the fast tests only, no RabbitMQ or Postgres needed"
 	@echo "make lint    ruff and mypy"
+	@echo "make up      the whole pipeline in containers (deploy/compose.yaml; needs a Docker engine)"
+	@echo "make down    stop and remove those containers (their volumes are kept)"
 
 $(STAMP): requirements-dev.txt constraints.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "civicline needs Python 3.11 or newer (set PYTHON=...)")'
@@ -51,6 +53,24 @@ test-unit: install
 
 test: install services lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+COMPOSE := docker compose -f deploy/compose.yaml
+
+# Both need a reachable Docker engine and the compose plugin; say which one is missing.
+define require_docker
+	@command -v docker >/dev/null 2>&1 || { echo "make $@: the docker client is not installed (https://docs.docker.com/engine/install/)" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make $@: no Docker engine is reachable (is the daemon running, and may this user use it? check DOCKER_HOST); 'make run' needs none" >&2; exit 1; }
+	@docker compose version >/dev/null 2>&1 || { echo "make $@: the docker compose plugin is missing (install docker-compose-plugin)" >&2; exit 1; }
+endef
+
+up:
+	$(require_docker)
+	$(COMPOSE) up --build --detach --wait
+	@echo "webhook: http://127.0.0.1:8080/webhook  simulator: http://127.0.0.1:8090  RabbitMQ UI: http://127.0.0.1:15672"
+
+down:
+	$(require_docker)
+	$(COMPOSE) down --remove-orphans
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
