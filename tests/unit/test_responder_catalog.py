@@ -482,12 +482,12 @@ def test_unexpected_field_in_an_entry_is_refused(tmp_path: Path) -> None:
 
 def test_bad_toml_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, 'version = 1\n[replies.voting.en\ntype = "text"\n')
-    assert_catalog_error(path, "invalid TOML", "line 2")
+    assert_catalog_error(path, "not valid TOML", "line 2")
 
 
 def test_duplicate_entry_is_bad_toml(tmp_path: Path) -> None:
     extra = '[replies.voting.en]\ntype = "text"\nbody = "again"\n'
-    assert_catalog_error(write(tmp_path, minimal_catalog(extra=extra)), "invalid TOML")
+    assert_catalog_error(write(tmp_path, minimal_catalog(extra=extra)), "not valid TOML")
 
 
 def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
@@ -497,7 +497,7 @@ def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_refused(tmp_path: Path) -> None:
-    assert_catalog_error(tmp_path / "absent.toml", "cannot read")
+    assert_catalog_error(tmp_path / "absent.toml", "catalog not found")
 
 
 @pytest.mark.parametrize(

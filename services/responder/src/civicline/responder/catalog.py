@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from importlib import resources
 from types import MappingProxyType
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from civicline.common.tomlfile import TomlFileError, read_toml
 
 __all__ = [
     "MAX_TEXT_BODY",
@@ -674,26 +674,12 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
 
     Raises `CatalogError` naming the file and the offending key.
     """
-    if path is None:
-        resource = resources.files(__package__ or "civicline.responder") / _PACKAGED_CATALOG
-        source = str(resource)
-        try:
-            raw = resource.read_bytes()
-        except OSError as exc:
-            raise CatalogError(f"{source}: cannot read the packaged catalog: {exc}") from exc
-    else:
-        source = os.fspath(path)
-        try:
-            with open(source, "rb") as catalog_file:
-                raw = catalog_file.read()
-        except OSError as exc:
-            raise CatalogError(f"{source}: cannot read the catalog: {exc.strerror}") from exc
     try:
-        document = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise CatalogError(f"{source}: not UTF-8 text: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise CatalogError(f"{source}: invalid TOML: {exc}") from exc
+        source, document = read_toml(
+            path, package="civicline.responder", packaged=_PACKAGED_CATALOG, what="catalog"
+        )
+    except TomlFileError as exc:
+        raise CatalogError(str(exc)) from exc
     return _parse_catalog(source, document)
 
 

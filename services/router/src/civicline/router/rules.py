@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
+from civicline.common.tomlfile import TomlFileError, read_toml
 from civicline.router.core import INTENTS, URGENT_INTENTS, InboundMessage, Route
 
 __all__ = [
@@ -183,28 +182,12 @@ def _intent_for_text(text: str, rules: Rules) -> str | None:
 
 def load_rules(path: str | os.PathLike[str] | None = None) -> Rules:
     """Load and validate a rules file; None loads the rules.toml shipped with the router."""
-    if path is None:
-        packaged = resources.files("civicline.router").joinpath("rules.toml")
-        source = str(packaged)
-        try:
-            raw = packaged.read_bytes()
-        except OSError as exc:
-            raise RulesError(f"{source}: cannot read the packaged rules file: {exc}") from exc
-    else:
-        source = os.fspath(path)
-        try:
-            with open(source, "rb") as rules_file:
-                raw = rules_file.read()
-        except FileNotFoundError as exc:
-            raise RulesError(f"{source}: rules file not found") from exc
-        except OSError as exc:
-            raise RulesError(f"{source}: cannot read rules file: {exc.strerror or exc}") from exc
     try:
-        document = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise RulesError(f"{source}: not UTF-8 text: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise RulesError(f"{source}: not valid TOML: {exc}") from exc
+        source, document = read_toml(
+            path, package="civicline.router", packaged="rules.toml", what="rules file"
+        )
+    except TomlFileError as exc:
+        raise RulesError(str(exc)) from exc
     return _Validator(source).rules(document)
 
 
