@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from civicline.common.intents import NO_REPLY_INTENTS, REPLY_INTENTS
 from civicline.common.tomlfile import TomlFileError, read_toml
 
 __all__ = [
@@ -42,23 +43,8 @@ __all__ = [
 
 CATALOG_VERSION: Final = 1
 
-# Every intent the router can publish that gets a reply. `unknown` doubles as the fallback for
-# an intent the catalog does not know, so it must always be present.
-REPLY_INTENTS: Final = (
-    "voting",
-    "shelter",
-    "health",
-    "food_aid",
-    "passport",
-    "report_abuse",
-    "office_hours",
-    "help",
-    "opt_out",
-    "opt_in",
-    "unknown",
-)
-# A reaction is an emoji on one of our messages: answering it would only start a loop.
-NO_REPLY_INTENTS: Final = frozenset({"reaction"})
+# `unknown` doubles as the fallback for an intent the catalog does not know, so it must be
+# present.
 FALLBACK_INTENT: Final = "unknown"
 
 # Meta's limits (shared/reference/whatsapp-cloud-api.md §5). Interactive bodies are held to

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from civicline.common.intents import INTENTS, URGENT_INTENTS
+
 __all__ = [
     "INTENTS",
     "SUPPORTED_LANGUAGES",
@@ -24,24 +26,6 @@ __all__ = [
     "parse_webhook",
 ]
 
-INTENTS: frozenset[str] = frozenset(
-    {
-        "voting",
-        "shelter",
-        "health",
-        "food_aid",
-        "passport",
-        "report_abuse",
-        "office_hours",
-        "help",
-        "opt_out",
-        "opt_in",
-        "reaction",
-        "unknown",
-    }
-)
-# Urgency is a promise of the event contract (docs/events.md), not a rules-file setting.
-URGENT_INTENTS: frozenset[str] = frozenset({"report_abuse"})
 SUPPORTED_LANGUAGES: tuple[str, ...] = ("ko", "ja", "en")
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
