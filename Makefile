@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PACKAGES := libs/common services/ingress services/router services/responder services/audit tools/simulator
 PYTEST_ARGS ?=
 
-.PHONY: help install services run sample test test-unit lint format clean up down
+.PHONY: help install services run sample test test-unit lint format clean up down bench
 
 help:
 	@echo "make run     the whole pipeline against the local Meta simulator (Ctrl-C stops it)"
@@ -18,6 +18,7 @@ help:
 	@echo "make test    every test (lint, unit, integration, end to end)"
 	@echo "make test-unit  the fast tests only, no RabbitMQ or Postgres needed"
 	@echo "make lint    ruff and mypy"
+	@echo "make bench   the surge drill: ceilings, then ramped load end to end (results in .run/bench/)"
 	@echo "make up      the whole pipeline in containers (deploy/compose.yaml; needs a Docker engine)"
 	@echo "make down    stop and remove those containers (their volumes are kept)"
 
@@ -42,7 +43,7 @@ sample: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/common/src services/ingress/src services/router/src services/responder/src services/audit/src tools/simulator/src scripts tests
+	$(BIN)/mypy libs/common/src services/ingress/src services/router/src services/responder/src services/audit/src tools/simulator/src scripts tests bench
 
 format: install
 	$(BIN)/ruff check --fix .
@@ -53,6 +54,9 @@ test-unit: install
 
 test: install services lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install services
+	$(BIN)/python bench/surge.py $(BENCH_ARGS)
 
 COMPOSE := docker compose -f deploy/compose.yaml
 

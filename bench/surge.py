@@ -1,0 +1,591 @@
+"""The surge drill (issue 6, items 1 and 2): the four services as processes on the real
+RabbitMQ and Postgres, the simulator as Meta on both sides, virtual citizens ramped through
+offered rates, a status webhook (sent, delivered, read) sent back for every reply, and the
+raw broker and database ceilings measured on the same vhost and database just before.
+
+    .venv/bin/python bench/surge.py [--rates 50,100,200,400] [--step-seconds 10] [--out DIR]
+
+It reuses the test suite's support code (tests/support): the isolated environment, the
+pipeline runner and the queue-depth probe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import aio_pika  # noqa: E402
+import aiohttp  # noqa: E402
+import asyncpg  # noqa: E402
+
+from civicline.simulator.signing import SIGNATURE_HEADER, sign  # noqa: E402
+from civicline.simulator.webhooks import status_webhook, text_message_webhook  # noqa: E402
+from support.accounting import queue_depths  # noqa: E402
+from support.isolation import Environment, create_environment, drop_environment  # noqa: E402
+from support.pipeline import ACCESS_TOKEN, APP_SECRET, Pipeline, free_port  # noqa: E402
+from support.traffic import QUESTIONS  # noqa: E402
+
+SEND_RATE = 1000  # Meta's upgraded tier; the default 80/s would cap the drill, not the pipeline
+INGRESS_P99_BOUND_MS = 1000.0
+REPLY_P99_BOUND_MS = 5000.0
+STATUSES = ("sent", "delivered", "read")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 1)
+
+
+@dataclass
+class Post:
+    """One webhook POSTed to ingress."""
+
+    step: int
+    kind: str  # "message" or a status
+    key: str  # the citizen's wamid, or "<reply wamid>:<status>"
+    sent_at: float  # wall clock, comparable with the simulator's and Postgres's clocks
+    latency: float | None = None
+    status: int = 0
+
+
+@dataclass
+class Drill:
+    url: str
+    simulator_url: str
+    session: aiohttp.ClientSession
+    posts: list[Post] = field(default_factory=list)
+    message_sent_at: dict[str, float] = field(default_factory=dict)
+    message_step: dict[str, int] = field(default_factory=dict)
+    reply_at: dict[str, float] = field(default_factory=dict)
+    replies: Counter[str] = field(default_factory=Counter)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    step: int = 0
+    after: int = 0
+    limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(512))
+
+    async def post(self, post: Post, body: bytes) -> None:
+        headers = {SIGNATURE_HEADER: sign(body, APP_SECRET), "Content-Type": "application/json"}
+        async with self.limit:
+            loop = asyncio.get_running_loop()
+            post.sent_at = time.time()
+            started = loop.time()
+            try:
+                async with self.session.post(
+                    self.url, data=io.BytesIO(body), headers=headers
+                ) as answer:
+                    await answer.read()
+                    post.status = answer.status
+            except (aiohttp.ClientError, TimeoutError):
+                post.status = 0
+            post.latency = loop.time() - started
+        self.posts.append(post)
+
+    def spawn(self, post: Post, body: bytes) -> None:
+        task = asyncio.create_task(self.post(post, body))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def citizens(self, rate: float, seconds: float, serial: int) -> None:
+        """Offer `rate` citizen messages per second for `seconds`, paced against the clock
+        (a late tick sends what it owes, so a slow loop does not lower the offered rate)."""
+        loop = asyncio.get_running_loop()
+        start, total = loop.time(), int(rate * seconds)
+        for i in range(total):
+            due = start + i / rate
+            if (wait := due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            body, wamid = text_message_webhook(
+                wa_id=f"82{serial:02d}{i:08d}", text=QUESTIONS[i % len(QUESTIONS)]
+            )
+            self.message_sent_at[wamid] = time.time()
+            self.message_step[wamid] = self.step
+            self.spawn(Post(self.step, "message", wamid, time.time()), body)
+
+    async def poll_replies(self) -> None:
+        """Read the simulator's record of sends; answer every new reply with its statuses."""
+        while True:
+            try:
+                async with self.session.get(
+                    f"{self.simulator_url}/_sim/sent", params={"after": str(self.after)}
+                ) as answer:
+                    sends: list[dict[str, Any]] = await answer.json()
+            except (aiohttp.ClientError, TimeoutError):
+                sends = []
+            for send in sends:
+                self.after = max(self.after, int(send["sequence"]))
+                context = send["body"].get("context")
+                if not isinstance(context, dict) or not send.get("wamid"):
+                    continue
+                inbound = context.get("message_id")
+                if not isinstance(inbound, str):
+                    continue
+                self.replies[inbound] += 1
+                if self.replies[inbound] > 1:
+                    continue
+                self.reply_at[inbound] = datetime.fromisoformat(send["received_at"]).timestamp()
+                for state in STATUSES:
+                    body = status_webhook(
+                        wamid=send["wamid"], status=state, recipient_id=str(send["to"])
+                    )
+                    key = f"{send['wamid']}:{state}"
+                    self.spawn(Post(self.step, state, key, time.time()), body)
+            await asyncio.sleep(0.2)
+
+
+async def start_simulator(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = (log_dir / "simulator.log").open("ab")
+    process = subprocess.Popen(  # noqa: ASYNC220 - started once, before any traffic
+        [
+            sys.executable,
+            "-m",
+            "civicline.simulator",
+            "serve",
+            "--port",
+            str(port),
+            "--access-token",
+            ACCESS_TOKEN,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(f"{url}/_sim/health") as answer:
+                    if answer.status == 200:
+                        return process, url
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError("the simulator did not start")
+
+
+# Ceilings ---------------------------------------------------------------------------------
+
+
+async def amqp_ceilings(amqp_url: str, seconds: float) -> tuple[dict[str, float], str]:
+    """Publish-with-confirm (persistent, quorum queue, many in flight), then consume+ack."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        server: Any = getattr(
+            getattr(connection.transport, "connection", None), "server_properties", {}
+        )
+        version = server.get("version", b"?")
+        version = version.decode() if isinstance(version, bytes) else str(version)
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(
+            "bench.ceiling", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        body = b"x" * 1024
+        loop = asyncio.get_running_loop()
+        published, start = 0, loop.time()
+        while loop.time() - start < seconds:
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        routing_key=queue.name,
+                    )
+                    for _ in range(256)
+                )
+            )
+            published += 256
+        publish_rate = published / (loop.time() - start)
+
+        consumer = await connection.channel()
+        await consumer.set_qos(prefetch_count=256)
+        queue = await consumer.declare_queue("bench.ceiling", passive=True)
+        consumed = 0
+        done = asyncio.Event()
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal consumed
+            await message.ack()
+            consumed += 1
+            if consumed >= published:
+                done.set()
+
+        start = loop.time()
+        tag = await queue.consume(on_message)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout=seconds)
+        consume_rate = consumed / (loop.time() - start)
+        await queue.cancel(tag)
+        await queue.delete(if_unused=False, if_empty=False)
+    return {"publish_confirm": publish_rate, "consume_ack": consume_rate}, version
+
+
+async def insert_ceiling(database_url: str, seconds: float) -> tuple[float, str]:
+    """Batches of 1,000 audit-shaped rows into a temporary table."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        version: str = await connection.fetchval("SELECT version()")
+        await connection.execute(
+            "CREATE TEMP TABLE bench_ceiling (seq bigint, kind text, correlation_id text,"
+            " occurred_at timestamptz DEFAULT now(), payload json)"
+        )
+        payload = json.dumps({"text": "x" * 200})
+        loop = asyncio.get_running_loop()
+        rows, start = 0, loop.time()
+        while loop.time() - start < seconds:
+            batch = [(rows + i, "message.bench", f"wamid.{rows + i}", payload) for i in range(1000)]
+            await connection.executemany(
+                "INSERT INTO bench_ceiling (seq, kind, correlation_id, payload)"
+                " VALUES ($1, $2, $3, $4)",
+                batch,
+            )
+            rows += len(batch)
+        return rows / (loop.time() - start), version.split(" on ")[0]
+    finally:
+        await connection.close()
+
+
+# Audit checks -----------------------------------------------------------------------------
+
+
+async def audited(database_url: str) -> tuple[dict[str, float], set[str], list[float]]:
+    """Citizen wamid → when its message row was recorded; the audited status keys; and the
+    recorded_at of every audit row (for rows/s)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT kind, correlation_id, extract(epoch FROM recorded_at)::float8 AS at"
+            " FROM audit_log"
+        )
+    finally:
+        await connection.close()
+    messages: dict[str, float] = {}
+    statuses: set[str] = set()
+    for row in rows:
+        kind: str = row["kind"]
+        if kind.startswith("message."):
+            messages[row["correlation_id"]] = row["at"]
+        elif kind.startswith("status."):
+            statuses.add(f"{row['correlation_id']}:{kind.split('.', 1)[1]}")
+    return messages, statuses, [row["at"] for row in rows]
+
+
+# The drill --------------------------------------------------------------------------------
+
+
+async def drill(args: argparse.Namespace) -> dict[str, Any]:
+    out: Path = args.out
+    log_dir = out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    environment: Environment | None = None
+    simulator: subprocess.Popen[bytes] | None = None
+    pipeline: Pipeline | None = None
+    try:
+        environment = await create_environment("bench")
+        simulator, simulator_url = await start_simulator(log_dir)
+
+        print(f"ceilings: {args.ceiling_seconds:g} s each ...", flush=True)
+        amqp, rabbit_version = await amqp_ceilings(environment.amqp_url, args.ceiling_seconds)
+        insert, postgres_version = await insert_ceiling(
+            environment.database_url, args.ceiling_seconds
+        )
+        ceilings = {**amqp, "insert": insert}
+        print(
+            "ceilings: publish+confirm {publish_confirm:.0f}/s, consume+ack {consume_ack:.0f}/s,"
+            " batch insert {insert:.0f} rows/s".format(**ceilings),
+            flush=True,
+        )
+
+        pipeline = Pipeline(
+            environment,
+            simulator_url,
+            log_dir,
+            extra_env={"RESPONDER_SEND_RATE": str(SEND_RATE)},
+        )
+        await pipeline.start_all()
+
+        connector = aiohttp.TCPConnector(limit=512)
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            state = Drill(pipeline.webhook_url, simulator_url, session)
+            poller = asyncio.create_task(state.poll_replies())
+            windows: list[tuple[float, float, float]] = []
+            depths: list[dict[str, int]] = []
+            unaudited: list[int] = []
+            for serial, rate in enumerate(args.rates):
+                state.step = serial
+                start = time.time()
+                await state.citizens(rate, args.step_seconds, serial)
+                end = time.time()
+                windows.append((rate, start, end))
+                depths.append(await queue_depths(environment.amqp_url))
+                seen, _, _ = await audited(environment.database_url)
+                step_wamids = [w for w, s in state.message_step.items() if s == serial]
+                unaudited.append(sum(1 for w in step_wamids if w not in seen))
+                print(
+                    f"step {rate:g}/s: offered {len(step_wamids)}, unaudited at end "
+                    f"{unaudited[-1]}, ready in queues {sum(depths[-1].values())}",
+                    flush=True,
+                )
+
+            # Drain: every accepted message replied and audited, every status posted and audited.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + args.drain_seconds
+            while loop.time() < deadline:
+                if state.tasks:
+                    await asyncio.sleep(0.5)
+                    continue
+                seen, statuses, _ = await audited(environment.database_url)
+                accepted = [p for p in state.posts if p.status == 200]
+                if all(
+                    (p.key in seen and p.key in state.reply_at)
+                    if p.kind == "message"
+                    else p.key in statuses
+                    for p in accepted
+                ):
+                    break
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(1)  # the last polled replies' statuses
+            if state.tasks:
+                await asyncio.wait(set(state.tasks))
+            poller.cancel()
+            seen, statuses, recorded = await audited(environment.database_url)
+
+        steps = [
+            summarise(serial, window, state, seen, statuses, recorded, ceilings)
+            | {"unaudited_at_step_end": unaudited[serial], "queue_depths": depths[serial]}
+            for serial, window in enumerate(windows)
+        ]
+        return {
+            "machine": {
+                "cores": os.cpu_count(),
+                "python": platform.python_version(),
+                "rabbitmq": rabbit_version,
+                "postgres": postgres_version,
+            },
+            "settings": {
+                "step_seconds": args.step_seconds,
+                "responder_send_rate": SEND_RATE,
+                "bounds": {
+                    "ingress_p99_ms": INGRESS_P99_BOUND_MS,
+                    "reply_p99_ms": REPLY_P99_BOUND_MS,
+                },
+            },
+            "ceilings": ceilings,
+            "steps": steps,
+        }
+    finally:
+        await asyncio.shield(cleanup(pipeline, simulator, environment))
+
+
+async def cleanup(
+    pipeline: Pipeline | None,
+    simulator: subprocess.Popen[bytes] | None,
+    environment: Environment | None,
+) -> None:
+    if pipeline is not None:
+        for service, process in pipeline.processes.items():
+            try:
+                await pipeline.stop(service)
+            except AssertionError:
+                print(f"{service} had to be killed", file=sys.stderr)
+            if process.returncode not in (0, None):
+                print(f"{service} exited with {process.returncode}", file=sys.stderr)
+    if simulator is not None:
+        simulator.terminate()
+        await asyncio.to_thread(simulator.wait, 10)
+    if environment is not None:
+        await drop_environment(environment)
+
+
+def summarise(
+    serial: int,
+    window: tuple[float, float, float],
+    state: Drill,
+    seen: dict[str, float],
+    statuses: set[str],
+    recorded: list[float],
+    ceilings: dict[str, float],
+) -> dict[str, Any]:
+    rate, start, end = window
+    seconds = end - start
+    posts = [p for p in state.posts if p.step == serial]
+    messages = [p for p in posts if p.kind == "message"]
+    accepted = [p for p in posts if p.status == 200]
+    accepted_messages = [p for p in messages if p.status == 200]
+    latencies = [p.latency for p in posts if p.latency is not None]
+    reply_latencies = [
+        state.reply_at[p.key] - state.message_sent_at[p.key]
+        for p in accepted_messages
+        if p.key in state.reply_at
+    ]
+    audit_lags = [
+        seen[p.key] - state.message_sent_at[p.key] for p in accepted_messages if p.key in seen
+    ]
+    replies_in_window = sum(1 for at in state.reply_at.values() if start <= at < end)
+    routed_in_window = sum(1 for at in seen.values() if start <= at < end)
+    audit_rows_in_window = sum(1 for at in recorded if start <= at < end)
+    lost = sum(1 for p in accepted_messages if p.key not in seen) + sum(
+        1 for p in accepted if p.kind != "message" and p.key not in statuses
+    )
+    duplicates = sum(1 for p in messages if state.replies[p.key] > 1)
+    unanswered = sum(1 for p in accepted_messages if p.key not in state.reply_at)
+    webhooks_per_s = len(accepted) / seconds
+    row: dict[str, Any] = {
+        "offered_per_s": rate,
+        "seconds": round(seconds, 2),
+        "citizen_messages": len(messages),
+        "accepted_per_s": round(len(accepted_messages) / seconds, 1),
+        "webhooks_accepted_per_s": round(webhooks_per_s, 1),
+        "rejected": len(posts) - len(accepted),
+        "replies_per_s": round(replies_in_window / seconds, 1),
+        "ingress_p50_ms": ms(percentile(latencies, 50)),
+        "ingress_p99_ms": ms(percentile(latencies, 99)),
+        "reply_p50_ms": ms(percentile(reply_latencies, 50)),
+        "reply_p99_ms": ms(percentile(reply_latencies, 99)),
+        "reply_max_ms": ms(max(reply_latencies, default=None)),
+        "audit_lag_p50_ms": ms(percentile(audit_lags, 50)),
+        "audit_lag_p99_ms": ms(percentile(audit_lags, 99)),
+        "audit_rows_per_s": round(audit_rows_in_window / seconds, 1),
+        "lost": lost,
+        "duplicates": duplicates,
+        "unanswered": unanswered,
+        "ingress_vs_publish_ceiling": round(webhooks_per_s / ceilings["publish_confirm"], 3),
+        "routed_per_s": round(routed_in_window / seconds, 1),
+        "router_vs_consume_ceiling": round(routed_in_window / seconds / ceilings["consume_ack"], 3),
+        "responder_vs_consume_ceiling": round(
+            replies_in_window / seconds / ceilings["consume_ack"], 3
+        ),
+        "audit_vs_insert_ceiling": round(audit_rows_in_window / seconds / ceilings["insert"], 3),
+    }
+    row["sustained"] = bool(
+        row["ingress_p99_ms"] is not None
+        and row["ingress_p99_ms"] < INGRESS_P99_BOUND_MS
+        and row["reply_p99_ms"] is not None
+        and row["reply_p99_ms"] < REPLY_P99_BOUND_MS
+        and lost == 0
+        and duplicates == 0
+        and unanswered == 0
+        and row["rejected"] == 0
+    )
+    return row
+
+
+COLUMNS = (
+    ("offered/s", "offered_per_s"),
+    ("accepted/s", "accepted_per_s"),
+    ("webhooks/s", "webhooks_accepted_per_s"),
+    ("routed/s", "routed_per_s"),
+    ("replies/s", "replies_per_s"),
+    ("ingress p50/p99 ms", ("ingress_p50_ms", "ingress_p99_ms")),
+    ("reply p50/p99/max ms", ("reply_p50_ms", "reply_p99_ms", "reply_max_ms")),
+    ("audit lag p50/p99 ms", ("audit_lag_p50_ms", "audit_lag_p99_ms")),
+    ("unaudited at end", "unaudited_at_step_end"),
+    ("queued at end", "queued_at_end"),
+    ("lost", "lost"),
+    ("dup", "duplicates"),
+    ("ingress/publish ceil", "ingress_vs_publish_ceiling"),
+    ("router/consume ceil", "router_vs_consume_ceiling"),
+    ("responder/consume ceil", "responder_vs_consume_ceiling"),
+    ("audit/insert ceil", "audit_vs_insert_ceiling"),
+    ("ok", "sustained"),
+)
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    machine, ceilings = result["machine"], result["ceilings"]
+    lines = [
+        f"{machine['cores']} cores, Python {machine['python']}, RabbitMQ {machine['rabbitmq']},"
+        f" {machine['postgres']}; RESPONDER_SEND_RATE={result['settings']['responder_send_rate']},"
+        f" {result['settings']['step_seconds']:g} s per step.",
+        "",
+        f"Ceilings: publish+confirm {ceilings['publish_confirm']:.0f} msgs/s,"
+        f" consume+ack {ceilings['consume_ack']:.0f} msgs/s,"
+        f" batch insert {ceilings['insert']:.0f} rows/s.",
+        "",
+        "| " + " | ".join(title for title, _ in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for step in result["steps"]:
+        step = step | {"queued_at_end": sum(step["queue_depths"].values())}
+        cells = []
+        for _, key in COLUMNS:
+            keys = key if isinstance(key, tuple) else (key,)
+            cells.append(" / ".join(cell(step[k]) for k in keys))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", result["final_line"]]
+    return "\n".join(lines) + "\n"
+
+
+def final_line(steps: list[dict[str, Any]]) -> str:
+    good = [s for s in steps if s["sustained"]]
+    if not good:
+        return "surge: no step sustained within bounds (ingress p99 < 1 s, reply p99 < 5 s, lost 0)"
+    best = max(good, key=lambda s: s["offered_per_s"])
+    return (
+        f"surge: sustained {best['webhooks_accepted_per_s']:.0f} webhooks/s end to end, "
+        f"{best['accepted_per_s']:.0f} citizen messages/s, "
+        f"ingress p99 {best['ingress_p99_ms']:.0f} ms, reply p99 {best['reply_p99_ms']:.0f} ms, "
+        f"lost {best['lost']}, duplicates {best['duplicates']}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [float(r) for r in text.split(",")],
+        default=[50.0, 100.0, 200.0, 400.0],
+        help="offered citizen messages/s per step, comma-separated (default 50,100,200,400)",
+    )
+    parser.add_argument("--step-seconds", type=float, default=10.0)
+    parser.add_argument("--ceiling-seconds", type=float, default=3.0)
+    parser.add_argument("--drain-seconds", type=float, default=60.0)
+    parser.add_argument("--out", type=Path, default=ROOT / ".run" / "bench")
+    args = parser.parse_args()
+    try:
+        result = asyncio.run(drill(args))
+    except KeyboardInterrupt:
+        print("surge: interrupted; environment and processes cleaned up", file=sys.stderr)
+        raise SystemExit(130) from None
+    result["final_line"] = final_line(result["steps"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "surge.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (args.out / "surge.md").write_text(table)
+    print(table, end="")
+    print(f"results: {args.out / 'surge.json'}, {args.out / 'surge.md'}")
+
+
+if __name__ == "__main__":
+    main()
