@@ -38,7 +38,7 @@ from civicline.simulator.signing import SIGNATURE_HEADER, sign  # noqa: E402
 from civicline.simulator.webhooks import status_webhook, text_message_webhook  # noqa: E402
 from support.accounting import queue_depths  # noqa: E402
 from support.isolation import Environment, create_environment, drop_environment  # noqa: E402
-from support.pipeline import ACCESS_TOKEN, APP_SECRET, Pipeline, free_port  # noqa: E402
+from support.pipeline import APP_SECRET, Pipeline, start_simulator  # noqa: E402
 from support.traffic import QUESTIONS  # noqa: E402
 
 SEND_RATE = 1000  # Meta's upgraded tier; the default 80/s would cap the drill, not the pipeline
@@ -152,37 +152,6 @@ class Drill:
                     key = f"{send['wamid']}:{state}"
                     self.spawn(Post(self.step, state, key, time.time()), body)
             await asyncio.sleep(0.2)
-
-
-async def start_simulator(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = (log_dir / "simulator.log").open("ab")
-    process = subprocess.Popen(  # noqa: ASYNC220 - started once, before any traffic
-        [
-            sys.executable,
-            "-m",
-            "civicline.simulator",
-            "serve",
-            "--port",
-            str(port),
-            "--access-token",
-            ACCESS_TOKEN,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(f"{url}/_sim/health") as answer:
-                    if answer.status == 200:
-                        return process, url
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError("the simulator did not start")
 
 
 # Ceilings ---------------------------------------------------------------------------------

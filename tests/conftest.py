@@ -25,9 +25,8 @@ def webhook_fixtures() -> Path:
     return FIXTURES
 
 
-@pytest.fixture(scope="session")
-async def environments() -> AsyncIterator[EnvironmentFactory]:
-    """Makes isolated vhost + database pairs on demand; drops them all at the end of the run."""
+async def _environment_factory() -> AsyncIterator[EnvironmentFactory]:
+    """Makes isolated vhost + database pairs on demand; drops them all when it ends."""
     made: list[Environment] = []
 
     async def make(label: str) -> Environment:
@@ -38,20 +37,19 @@ async def environments() -> AsyncIterator[EnvironmentFactory]:
     yield make
     for environment in made:
         await drop_environment(environment)
+
+
+@pytest.fixture(scope="session")
+async def environments() -> AsyncIterator[EnvironmentFactory]:
+    """Environments that live until the end of the run (for module-scoped pipelines)."""
+    async for factory in _environment_factory():
+        yield factory
 
 
 @pytest.fixture
 async def environment_for_test() -> AsyncIterator[EnvironmentFactory]:
-    """Like `environments`, but each one is dropped as soon as its test ends: a test that
-    makes its own broker vhost (quorum queues are Raft groups, not free) should not leave it
-    running for the rest of the session."""
-    made: list[Environment] = []
-
-    async def make(label: str) -> Environment:
-        environment = await create_environment(label)
-        made.append(environment)
-        return environment
-
-    yield make
-    for environment in made:
-        await drop_environment(environment)
+    """Environments dropped as soon as their test ends: a test that makes its own broker
+    vhost (quorum queues are Raft groups, not free) should not leave it running for the rest
+    of the session."""
+    async for factory in _environment_factory():
+        yield factory

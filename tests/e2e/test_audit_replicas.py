@@ -10,7 +10,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from civicline.common.amqp import Broker, Publisher
 from civicline.common.envelope import Envelope, event_id, utc_now
 from support.isolation import Environment, EnvironmentFactory
 from support.pipeline import free_port
+from support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -49,17 +50,6 @@ class AuditProcess:
 
     def tail(self) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], *, what: str, timeout: float = 60.0
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +116,7 @@ async def wait_ready(replica: AuditProcess) -> None:
         except aiohttp.ClientError:
             return False
 
-    await wait_until(ready, what="audit to be ready")
+    await eventually(ready, what="audit to be ready")
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +182,8 @@ async def test_two_replicas_keep_one_gapless_verifiable_log(
         )
         return bool(count == EVENTS)
 
-    await wait_until(all_events_logged, what="every event in the log")
-    await wait_until(lambda: quiescent(database), what="the heads to settle")
+    await eventually(all_events_logged, what="every event in the log")
+    await eventually(lambda: quiescent(database), what="the heads to settle")
 
     # Both processes appended: the serialisation on the log-state row was really contended.
     appended = [await r.metric("civicline_audit_appended_total") for r in replicas]
@@ -216,7 +206,7 @@ async def test_two_replicas_keep_one_gapless_verifiable_log(
         now = [await r.metric("civicline_audit_checkpoint_rounds_total") for r in replicas]
         return all(n >= before + 2 for n, before in zip(now, rounds, strict=True))
 
-    await wait_until(both_looked_twice, what="two more checkpointer rounds")
+    await eventually(both_looked_twice, what="two more checkpointer rounds")
     assert await database.fetchval("SELECT count(*) FROM audit_tree_head") == len(heads)
 
 

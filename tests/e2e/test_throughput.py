@@ -9,8 +9,6 @@ event loop also busy sending the burst, bunching arrivals that were in fact well
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -20,7 +18,7 @@ import aiohttp
 import pytest
 
 from support.isolation import EnvironmentFactory
-from support.pipeline import ACCESS_TOKEN, APP_SECRET, Pipeline, free_port
+from support.pipeline import APP_SECRET, Pipeline, start_simulator
 from support.timing import busiest_second
 from support.traffic import citizen_messages, deliver
 
@@ -31,37 +29,12 @@ SEND_RATE = 100
 
 @pytest.fixture(scope="module")
 async def simulator_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    port = free_port()
-    log = (tmp_path_factory.mktemp("simulator") / "simulator.log").open("ab")
-    process = subprocess.Popen(  # noqa: ASYNC220 - started once, before the loop is busy
-        [
-            sys.executable,
-            "-m",
-            "civicline.simulator",
-            "serve",
-            "--port",
-            str(port),
-            "--access-token",
-            ACCESS_TOKEN,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process, url = await start_simulator(tmp_path_factory.mktemp("simulator"))
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(f"{url}/_sim/health") as answer:
-                        if answer.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
         yield url
     finally:
         process.terminate()
         process.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture(scope="module")

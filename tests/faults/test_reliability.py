@@ -13,9 +13,10 @@ import pytest
 
 from civicline.simulator.webhooks import text_message_webhook
 from support import faults
-from support.harness import Harness, ProxiedHarness, assert_nothing_lost, wait_until
+from support.harness import Harness, ProxiedHarness, assert_nothing_lost
 from support.pipeline import APP_SECRET
 from support.traffic import TrafficLog, Webhook, citizen_messages, deliver
+from support.waiting import eventually
 
 pytestmark = pytest.mark.faults
 
@@ -23,11 +24,11 @@ pytestmark = pytest.mark.faults
 async def test_rabbitmq_restarted_during_traffic(harness: Harness) -> None:
     log = TrafficLog()
     traffic = harness.traffic(citizen_messages(400), log)
-    await wait_until(lambda: len(log.accepted) >= 80, what="traffic to flow")
+    await eventually(lambda: len(log.accepted) >= 80, what="traffic to flow")
     await asyncio.to_thread(faults.rabbitmq_stop_app)
     try:
         # While it cannot get confirms, ingress refuses (Meta will retry), never says 200.
-        await wait_until(lambda: log.statuses[503] >= 20, what="ingress to answer 503")
+        await eventually(lambda: log.statuses[503] >= 20, what="ingress to answer 503")
     finally:
         await asyncio.to_thread(faults.rabbitmq_start_app)
     await traffic
@@ -44,9 +45,9 @@ async def test_a_consumer_killed_mid_batch_loses_and_duplicates_nothing(
 ) -> None:
     log = TrafficLog()
     traffic = harness.traffic(citizen_messages(400), log)
-    await wait_until(lambda: len(log.accepted) >= 100, what="traffic to flow")
+    await eventually(lambda: len(log.accepted) >= 100, what="traffic to flow")
     harness.pipeline.kill(victim)
-    await wait_until(lambda: len(log.accepted) >= 200, what="ingress to keep accepting")
+    await eventually(lambda: len(log.accepted) >= 200, what="ingress to keep accepting")
     await harness.pipeline.restart(victim)
     await traffic
 
@@ -59,12 +60,12 @@ async def test_a_consumer_killed_mid_batch_loses_and_duplicates_nothing(
 async def test_postgres_down_for_a_while_makes_work_wait_not_vanish(harness: Harness) -> None:
     log = TrafficLog()
     traffic = harness.traffic(citizen_messages(400), log)
-    await wait_until(lambda: len(log.accepted) >= 80, what="traffic to flow")
+    await eventually(lambda: len(log.accepted) >= 80, what="traffic to flow")
     await asyncio.to_thread(faults.postgres_stop_immediate)
     try:
         # Ingress needs no database: it keeps accepting while the consumers wait.
         accepted_at_stop = len(log.accepted)
-        await wait_until(
+        await eventually(
             lambda: len(log.accepted) >= accepted_at_stop + 100, what="ingress to keep accepting"
         )
         for service in ("router", "responder", "audit"):
@@ -119,7 +120,7 @@ async def test_meta_redelivers_every_webhook_up_to_five_times_out_of_order(
 async def test_sigterm_under_load_drains_and_exits_zero(harness: Harness, service: str) -> None:
     log = TrafficLog()
     traffic = harness.traffic(citizen_messages(300), log)
-    await wait_until(lambda: len(log.accepted) >= 80, what="traffic to flow")
+    await eventually(lambda: len(log.accepted) >= 80, what="traffic to flow")
     assert await harness.pipeline.stop(service, timeout=30) == 0
     await harness.pipeline.restart(service)
     await traffic
@@ -193,13 +194,13 @@ async def test_network_faults_between_services_and_their_dependencies(
     proxy = proxied_harness.amqp if fault.startswith("rabbitmq") else proxied_harness.postgres
     log = TrafficLog()
     traffic = harness.traffic(citizen_messages(300), log)
-    await wait_until(lambda: len(log.accepted) >= 60, what="traffic to flow")
+    await eventually(lambda: len(log.accepted) >= 60, what="traffic to flow")
     consumers = ("router", "responder", "audit")
     if fault.endswith("cut"):
         proxy.refuse()
         proxy.cut()
         # The outage lasts a while (reconnects are refused meanwhile) and is noticed.
-        await wait_until(
+        await eventually(
             lambda: log.statuses[503] > 0 if fault.startswith("rabbitmq") else True,
             what="ingress to refuse while the broker is unreachable",
         )
@@ -210,7 +211,7 @@ async def test_network_faults_between_services_and_their_dependencies(
         await asyncio.sleep(20)
     else:
         proxy.chop_after(7)
-        await wait_until(lambda: proxy.chops >= 1, what="a connection to be chopped")
+        await eventually(lambda: proxy.chops >= 1, what="a connection to be chopped")
     if fault.startswith("postgres") and fault.endswith(("cut", "black hole")):
         readiness = [await harness.pipeline.is_ready(s) for s in consumers]
         assert not any(readiness), f"ready while Postgres is unreachable: {readiness}"

@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -26,6 +26,7 @@ from civicline.common.topology import AUDIT_EVENTS, ROUTER_INBOUND, declare
 from civicline.ingress.app import create_app
 from support.amqp_probe import consume_one
 from support.isolation import Environment, EnvironmentFactory
+from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -47,17 +48,6 @@ BODY = (
 
 def sign(body: bytes, secret: str = SECRETS[0]) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-async def wait_for(
-    condition: Callable[[], Awaitable[bool]], *, timeout: float = 15.0, what: str
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -129,7 +119,7 @@ async def ingress(
             async with session.get(f"{running.base_url}/readyz") as answer:
                 return answer.status == 200
 
-        await wait_for(ready, what="ingress /readyz 200")
+        await eventually(ready, what="ingress /readyz 200")
         yield running
     finally:
         await running.runner.cleanup()

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
-
 from civicline.audit.core import AuditRecord
 from civicline.common.envelope import SCHEMA_VERSION, event_id
-from civicline.common.migrate import migrate as apply_migrations
-from support.isolation import ADMIN_DATABASE_URL, _with_path
+from support.isolation import create_database, drop_database, unique_name
 
 START = datetime(2026, 7, 18, 9, 30, tzinfo=UTC)
 
@@ -71,27 +67,12 @@ def database_url_as(database_url: str, role: str) -> str:
 @asynccontextmanager
 async def fresh_database(label: str, *, migrate: bool = True) -> AsyncIterator[str]:
     """A new database (no vhost: these tests need no broker), dropped afterwards."""
-    name = f"civicline_test_{label}_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(ADMIN_DATABASE_URL)
+    name = unique_name(label)
+    url = await create_database(name, migrated=migrate)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = _with_path(ADMIN_DATABASE_URL, name)
-    try:
-        if migrate:
-            connection = await asyncpg.connect(url)
-            try:
-                await apply_migrations(connection)
-            finally:
-                await connection.close()
         yield url
     finally:
-        admin = await asyncpg.connect(ADMIN_DATABASE_URL)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(name)
 
 
 async def run_audit_cli(*arguments: str, env: dict[str, str]) -> tuple[int, str]:

@@ -4,7 +4,6 @@ services as real processes, traffic, and the end-to-end count after each fault."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,14 +92,6 @@ def assert_nothing_lost(outcome: Outcome, *, everything_accepted: bool = True) -
     assert outcome.duplicate_replies == 0, outcome.line()
     assert outcome.duplicate_audit_rows == 0, outcome.line()
     assert outcome.unanswered == 0, outcome.line()
-
-
-async def wait_until(condition: Callable[[], bool], *, timeout: float = 60.0, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -49,30 +49,45 @@ def _rabbitmqctl(*args: str) -> None:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
 
 
-async def create_environment(label: str) -> Environment:
-    """A fresh vhost (guest has full rights in it) and a fresh, migrated database."""
-    name = f"civicline_test_{label}_{os.getpid()}_{secrets.token_hex(3)}"
-    _rabbitmqctl("add_vhost", name)
-    user = urlsplit(ADMIN_AMQP_URL).username or "guest"
-    _rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+async def create_database(name: str, *, migrated: bool = True) -> str:
+    """A new database called `name` (migrated unless told not to); returns its URL."""
     admin = await asyncpg.connect(ADMIN_DATABASE_URL)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     database_url = _with_path(ADMIN_DATABASE_URL, name)
-    connection = await asyncpg.connect(database_url)
+    if migrated:
+        connection = await asyncpg.connect(database_url)
+        try:
+            await migrate(connection)
+        finally:
+            await connection.close()
+    return database_url
+
+
+async def drop_database(name: str) -> None:
+    admin = await asyncpg.connect(ADMIN_DATABASE_URL)
     try:
-        await migrate(connection)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
-        await connection.close()
+        await admin.close()
+
+
+def unique_name(label: str) -> str:
+    return f"civicline_test_{label}_{os.getpid()}_{secrets.token_hex(3)}"
+
+
+async def create_environment(label: str) -> Environment:
+    """A fresh vhost (guest has full rights in it) and a fresh, migrated database."""
+    name = unique_name(label)
+    _rabbitmqctl("add_vhost", name)
+    user = urlsplit(ADMIN_AMQP_URL).username or "guest"
+    _rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+    database_url = await create_database(name)
     return Environment(name, _with_path(ADMIN_AMQP_URL, name), database_url)
 
 
 async def drop_environment(environment: Environment) -> None:
     _rabbitmqctl("delete_vhost", environment.name)
-    admin = await asyncpg.connect(ADMIN_DATABASE_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{environment.name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(environment.name)

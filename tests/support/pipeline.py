@@ -148,3 +148,36 @@ class Pipeline:
         if not path.exists():
             return "(no log)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def start_simulator(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The Meta simulator as a process of its own (its clock then is not read by a loop that
+    is busy sending a burst): (process, base URL), once it answers its health check."""
+    port = free_port()
+    log = (log_dir / "simulator.log").open("ab")
+    process = subprocess.Popen(  # noqa: ASYNC220 - started once, before any traffic
+        [
+            sys.executable,
+            "-m",
+            "civicline.simulator",
+            "serve",
+            "--port",
+            str(port),
+            "--access-token",
+            ACCESS_TOKEN,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(f"{url}/_sim/health") as answer:
+                    if answer.status == 200:
+                        return process, url
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError("the simulator did not start")

@@ -42,3 +42,17 @@ def read_toml(
         raise TomlFileError(f"{source}: not UTF-8 text: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise TomlFileError(f"{source}: not valid TOML: {exc}") from exc
+
+
+def describe_type(value: object) -> str:
+    """How an error message names a TOML value's type ("an integer", "a table")."""
+    if value is None:
+        return "nothing"
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)

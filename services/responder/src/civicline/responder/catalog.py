@@ -18,7 +18,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from civicline.common.intents import NO_REPLY_INTENTS, REPLY_INTENTS
-from civicline.common.tomlfile import TomlFileError, read_toml
+from civicline.common.tomlfile import TomlFileError, describe_type, read_toml
 
 __all__ = [
     "MAX_TEXT_BODY",
@@ -219,17 +219,6 @@ def _is_language_tag(tag: str) -> bool:
     )
 
 
-def _type_name(value: object) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a float",
-        str: "a string",
-        list: "an array",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
-
 class _Table:
     """One TOML table being validated: every error names the file and the full key."""
 
@@ -253,7 +242,7 @@ class _Table:
     def child(self, name: str, value: object, index: int | None = None) -> _Table:
         key = f"{self.key}.{name}" if index is None else f"{self.key}.{name}[{index}]"
         if not isinstance(value, dict):
-            raise CatalogError(f"{self.source}: {key} must be a table, not {_type_name(value)}")
+            raise CatalogError(f"{self.source}: {key} must be a table, not {describe_type(value)}")
         return _Table(self.source, key, value)
 
     def text(self, name: str, *, limit: int, required: bool = True) -> str | None:
@@ -264,7 +253,7 @@ class _Table:
                 raise self.fail(name, "is missing")
             return None
         if not isinstance(value, str):
-            raise self.fail(name, f"must be a string, not {_type_name(value)}")
+            raise self.fail(name, f"must be a string, not {describe_type(value)}")
         stripped = value.strip()
         if not stripped:
             raise self.fail(name, "is empty")
@@ -292,7 +281,7 @@ class _Table:
     def array(self, name: str, *, minimum: int, maximum: int) -> list[Any]:
         value = self.table.get(name)
         if not isinstance(value, list):
-            raise self.fail(name, f"must be an array, not {_type_name(value)}")
+            raise self.fail(name, f"must be an array, not {describe_type(value)}")
         if not minimum <= len(value) <= maximum:
             raise self.fail(name, f"has {len(value)} items; expected {minimum} to {maximum}")
         return value
@@ -300,7 +289,7 @@ class _Table:
     def coordinate(self, name: str, *, bound: float) -> float:
         value = self.table.get(name)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(name, f"must be a number, not {_type_name(value)}")
+            raise self.fail(name, f"must be a number, not {describe_type(value)}")
         number = float(value)
         if not math.isfinite(number) or not -bound <= number <= bound:
             raise self.fail(name, f"is {value}; expected -{bound:g} to {bound:g}")
@@ -416,7 +405,7 @@ def _template(entry: _Table) -> Template:
         )
     raw = entry.table.get("parameters", [])
     if not isinstance(raw, list):
-        raise entry.fail("parameters", f"must be an array of strings, not {_type_name(raw)}")
+        raise entry.fail("parameters", f"must be an array of strings, not {describe_type(raw)}")
     parameters = []
     for index, value in enumerate(raw):
         if not isinstance(value, str) or not value.strip():
@@ -529,7 +518,7 @@ def _minutes(value: str) -> tuple[int, int] | None:
 
 def _parse_office(source: str, value: object, default_language: str) -> Office:
     if not isinstance(value, dict):
-        raise CatalogError(f"{source}: office must be a table, not {_type_name(value)}")
+        raise CatalogError(f"{source}: office must be a table, not {describe_type(value)}")
     office = _Table(source, "office", value)
     office.only(_OFFICE_KEYS)
     timezone = value.get("timezone")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from civicline.common.tomlfile import TomlFileError, read_toml
+from civicline.common.tomlfile import TomlFileError, describe_type, read_toml
 from civicline.router.core import INTENTS, URGENT_INTENTS, InboundMessage, Route
 
 __all__ = [
@@ -258,16 +258,16 @@ class _Validator:
         if value is None and not required:
             return {}
         if not isinstance(value, dict):
-            raise self.fail(key, f"must be a table, got {_toml_type(value)}")
+            raise self.fail(key, f"must be a table, got {describe_type(value)}")
         return value
 
     def strings(self, key: str, value: object) -> list[str]:
         if not isinstance(value, list):
-            raise self.fail(key, f"must be a list of strings, got {_toml_type(value)}")
+            raise self.fail(key, f"must be a list of strings, got {describe_type(value)}")
         result: list[str] = []
         for index, item in enumerate(value):
             if not isinstance(item, str):
-                raise self.fail(f"{key}[{index}]", f"must be a string, got {_toml_type(item)}")
+                raise self.fail(f"{key}[{index}]", f"must be a string, got {describe_type(item)}")
             normalised = normalise_text(item)
             stem = normalised.removesuffix(_WILDCARD)
             if not any(char.isalnum() for char in stem):
@@ -307,7 +307,7 @@ class _Validator:
                 )
         priority = table.get("priority")
         if not isinstance(priority, int) or isinstance(priority, bool):
-            raise self.fail(f"{key}.priority", f"must be an integer, got {_toml_type(priority)}")
+            raise self.fail(f"{key}.priority", f"must be an integer, got {describe_type(priority)}")
         keywords = self.by_language(f"{key}.keywords", table.get("keywords"))
         excludes = self.by_language(f"{key}.exclude", table.get("exclude"))
         for phrase in excludes:
@@ -387,16 +387,3 @@ def _is_spaced(keyword: str) -> bool:
 
 def _listing(names: frozenset[str] | set[str]) -> str:
     return ", ".join(sorted(names))
-
-
-def _toml_type(value: object) -> str:
-    if value is None:
-        return "nothing"
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a float",
-        str: "a string",
-        list: "an array",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
