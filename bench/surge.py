@@ -18,6 +18,7 @@ import io
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -234,6 +235,89 @@ async def insert_ceiling(database_url: str, seconds: float) -> tuple[float, str]
         await connection.close()
 
 
+# Profiles ---------------------------------------------------------------------------------
+
+
+def start_profilers(pipeline: Pipeline, directory: Path) -> dict[str, subprocess.Popen[bytes]]:
+    """py-spy on every service process for the whole load (sampling, so the services run at
+    nearly full speed), writing collapsed stacks that `bench/hotspots.py` summarises and any
+    flame-graph tool reads. py-spy needs ptrace rights (root, or CAP_SYS_PTRACE)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).with_name("py-spy")
+    return {
+        service: subprocess.Popen(
+            [
+                *(str(py_spy), "record", "--pid", str(process.pid), "--rate", "200"),
+                *("--format", "raw", "--output", str(directory / f"{service}.txt")),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for service, process in pipeline.processes.items()
+    }
+
+
+def stop_profilers(profilers: dict[str, subprocess.Popen[bytes]]) -> None:
+    for profiler in profilers.values():
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    for profiler in profilers.values():
+        profiler.wait(timeout=30)
+
+
+# CPU accounting ---------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def pids_named(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds spent by each part of the drill between two readings: the services and the
+    simulator exactly; the load generator (this process); RabbitMQ (beam.smp) and PostgreSQL
+    (every postgres process) as whole servers, so on a shared machine they include others'."""
+
+    parts: dict[str, list[int]]
+
+    @classmethod
+    def for_pipeline(cls, pipeline: Pipeline, simulator: subprocess.Popen[bytes]) -> CpuMeter:
+        parts = {name: [process.pid] for name, process in pipeline.processes.items()}
+        parts["simulator"] = [simulator.pid]
+        parts["load generator"] = [os.getpid()]
+        parts["rabbitmq"] = pids_named("beam.smp")
+        parts["postgres"] = pids_named("postgres")
+        return cls(parts)
+
+    def read(self) -> dict[str, float]:
+        self.parts["postgres"] = sorted(set(self.parts["postgres"]) | set(pids_named("postgres")))
+        return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.parts.items()}
+
+
+def cpu_share(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """Cores used by each part over the window (1.0 = one core busy the whole time)."""
+    return {name: round((after[name] - before[name]) / seconds, 2) for name in before}
+
+
 # Audit checks -----------------------------------------------------------------------------
 
 
@@ -292,6 +376,8 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             extra_env={"RESPONDER_SEND_RATE": str(SEND_RATE)},
         )
         await pipeline.start_all()
+        meter = CpuMeter.for_pipeline(pipeline, simulator)
+        profilers = start_profilers(pipeline, out / "profiles") if args.profile else {}
 
         connector = aiohttp.TCPConnector(limit=512)
         timeout = aiohttp.ClientTimeout(total=30)
@@ -300,12 +386,14 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             poller = asyncio.create_task(state.poll_replies())
             windows: list[tuple[float, float, float]] = []
             depths: list[dict[str, int]] = []
+            cpu: list[dict[str, float]] = []
             unaudited: list[int] = []
             for serial, rate in enumerate(args.rates):
                 state.step = serial
-                start = time.time()
+                start, used = time.time(), meter.read()
                 await state.citizens(rate, args.step_seconds, serial)
                 end = time.time()
+                cpu.append(cpu_share(used, meter.read(), end - start))
                 windows.append((rate, start, end))
                 depths.append(await queue_depths(environment.amqp_url))
                 seen, _, _ = await audited(environment.database_url)
@@ -338,11 +426,16 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             if state.tasks:
                 await asyncio.wait(set(state.tasks))
             poller.cancel()
+            stop_profilers(profilers)
             seen, statuses, recorded = await audited(environment.database_url)
 
         steps = [
             summarise(serial, window, state, seen, statuses, recorded, ceilings)
-            | {"unaudited_at_step_end": unaudited[serial], "queue_depths": depths[serial]}
+            | {
+                "unaudited_at_step_end": unaudited[serial],
+                "queue_depths": depths[serial],
+                "cpu_cores": cpu[serial],
+            }
             for serial, window in enumerate(windows)
         ]
         return {
@@ -512,6 +605,17 @@ def markdown(result: dict[str, Any]) -> str:
             keys = key if isinstance(key, tuple) else (key,)
             cells.append(" / ".join(cell(step[k]) for k in keys))
         lines.append("| " + " | ".join(cells) + " |")
+    parts = list(result["steps"][0]["cpu_cores"]) if result["steps"] else []
+    lines += [
+        "",
+        "CPU used during each step, in cores (RabbitMQ and PostgreSQL are whole servers):",
+        "",
+        "| offered/s | " + " | ".join(parts) + " |",
+        "|---|" + "---|" * len(parts),
+    ]
+    for step in result["steps"]:
+        shares = [f"{step['cpu_cores'][part]:.2f}" for part in parts]
+        lines.append(f"| {cell(step['offered_per_s'])} | " + " | ".join(shares) + " |")
     lines += ["", result["final_line"]]
     return "\n".join(lines) + "\n"
 
@@ -540,6 +644,11 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=10.0)
     parser.add_argument("--ceiling-seconds", type=float, default=3.0)
     parser.add_argument("--drain-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record each service with py-spy during the load (collapsed stacks in OUT/profiles)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / ".run" / "bench")
     args = parser.parse_args()
     try:

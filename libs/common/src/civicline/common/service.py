@@ -7,6 +7,7 @@ drain in-flight messages and close their connections.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable, Iterable
 
@@ -35,4 +36,15 @@ def run_service(
         shutdown_timeout=settings.shutdown_timeout,
         access_log=None,
         print=None,
+        loop=new_event_loop(),
     )
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (Linux and macOS): the services spend most of their time in
+    the event loop and socket I/O, which uvloop does in C; else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop wheels (Windows)
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
