@@ -65,6 +65,8 @@ class Settings:
     shutdown_timeout: float = 20.0
     responder_max_retries: int = 25
     responder_send_rate: int = 80
+    router_batch_size: int = 100
+    router_batch_linger: float = 0.005
     audit_batch_size: int = 256
     audit_batch_linger: float = 0.02
     audit_signing_key: str = field(default="", repr=False)
@@ -147,6 +149,8 @@ class Settings:
             shutdown_timeout=seconds("CIVICLINE_SHUTDOWN_TIMEOUT", 20.0),
             responder_max_retries=integer("RESPONDER_MAX_RETRIES", 25),
             responder_send_rate=integer("RESPONDER_SEND_RATE", 80),
+            router_batch_size=integer("ROUTER_BATCH_SIZE", 100),
+            router_batch_linger=seconds("ROUTER_BATCH_LINGER", 0.005),
             audit_batch_size=integer("AUDIT_BATCH_SIZE", 256),
             audit_batch_linger=seconds("AUDIT_BATCH_LINGER", 0.02),
             audit_signing_key=values.get("AUDIT_SIGNING_KEY", ""),

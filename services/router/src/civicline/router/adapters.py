@@ -1,17 +1,19 @@
-"""Router state in Postgres: WhatsApp ids already seen, and contact state per citizen."""
+"""Router state in Postgres: WhatsApp ids already seen, and contact state per citizen. Every
+function runs in the caller's transaction and costs one round trip, whatever the batch size."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 
+from civicline.router.batch import ContactKey
 from civicline.router.events import ContactState
 
 
 async def claim_unseen(connection: asyncpg.Connection, dedup_keys: Sequence[str]) -> set[str]:
-    """Record the keys; returns those not seen before. Runs in the caller's transaction, so a
-    failure later in the handler un-claims them."""
+    """Record the keys; returns those not seen before. A failure later in the caller's
+    transaction un-claims them."""
     if not dedup_keys:
         return set()
     rows = await connection.fetch(
@@ -22,42 +24,63 @@ async def claim_unseen(connection: asyncpg.Connection, dedup_keys: Sequence[str]
     return {row["dedup_key"] for row in rows}
 
 
-async def lock_contact(
-    connection: asyncpg.Connection, phone_number_id: str, citizen: str
-) -> ContactState:
-    """The contact's state, locked until the transaction ends (replicas must not race)."""
+async def lock_contacts(
+    connection: asyncpg.Connection, keys: Sequence[ContactKey]
+) -> dict[ContactKey, ContactState]:
+    """The contacts' state, created if new and locked until the transaction ends (replicas
+    must not race). `keys` sorted, so concurrent callers lock in one order."""
+    if not keys:
+        return {}
+    numbers, citizens = [k[0] for k in keys], [k[1] for k in keys]
     await connection.execute(
-        """INSERT INTO contacts (phone_number_id, citizen) VALUES ($1, $2)
+        """INSERT INTO contacts (phone_number_id, citizen)
+           SELECT * FROM unnest($1::text[], $2::text[])
            ON CONFLICT DO NOTHING""",
-        phone_number_id,
-        citizen,
+        numbers,
+        citizens,
     )
-    row = await connection.fetchrow(
-        """SELECT language, opted_out, opted_out_at, last_inbound_at FROM contacts
-           WHERE phone_number_id = $1 AND citizen = $2 FOR UPDATE""",
-        phone_number_id,
-        citizen,
+    rows = await connection.fetch(
+        """SELECT c.phone_number_id, c.citizen, c.language, c.opted_out, c.opted_out_at,
+                  c.last_inbound_at
+           FROM contacts c
+           JOIN unnest($1::text[], $2::text[]) AS k(phone_number_id, citizen)
+             USING (phone_number_id, citizen)
+           ORDER BY c.phone_number_id, c.citizen
+           FOR UPDATE OF c""",
+        numbers,
+        citizens,
     )
-    assert row is not None
-    return ContactState(
-        language=row["language"],
-        opted_out=row["opted_out"],
-        opted_out_at=row["opted_out_at"],
-        last_inbound_at=row["last_inbound_at"],
-    )
+    return {
+        (row["phone_number_id"], row["citizen"]): ContactState(
+            language=row["language"],
+            opted_out=row["opted_out"],
+            opted_out_at=row["opted_out_at"],
+            last_inbound_at=row["last_inbound_at"],
+        )
+        for row in rows
+    }
 
 
-async def save_contact(
-    connection: asyncpg.Connection, phone_number_id: str, citizen: str, state: ContactState
+async def save_contacts(
+    connection: asyncpg.Connection, contacts: Mapping[ContactKey, ContactState]
 ) -> None:
+    if not contacts:
+        return
+    keys = sorted(contacts)
+    states = [contacts[k] for k in keys]
     await connection.execute(
-        """UPDATE contacts SET language = $3, opted_out = $4, opted_out_at = $5,
-                               last_inbound_at = $6, updated_at = now()
-           WHERE phone_number_id = $1 AND citizen = $2""",
-        phone_number_id,
-        citizen,
-        state.language,
-        state.opted_out,
-        state.opted_out_at,
-        state.last_inbound_at,
+        """UPDATE contacts AS c
+           SET language = u.language, opted_out = u.opted_out, opted_out_at = u.opted_out_at,
+               last_inbound_at = u.last_inbound_at, updated_at = now()
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::timestamptz[],
+                       $6::timestamptz[])
+                AS u(phone_number_id, citizen, language, opted_out, opted_out_at,
+                     last_inbound_at)
+           WHERE c.phone_number_id = u.phone_number_id AND c.citizen = u.citizen""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [s.language for s in states],
+        [s.opted_out for s in states],
+        [s.opted_out_at for s in states],
+        [s.last_inbound_at for s in states],
     )

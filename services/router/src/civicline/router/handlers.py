@@ -1,7 +1,15 @@
-"""router's message handler: raw webhook → one event per new message, status and error."""
+"""router's message handler: raw webhook → one event per new message, status and error.
+
+Handlers run concurrently (prefetch) and hand their parsed webhook to one batcher, which
+routes a batch at a time in one transaction: one statement claims every WhatsApp id, two lock
+the batch's contacts, one saves them, and the events are published (confirmed) before commit.
+Batches run one after another in arrival order, so each citizen's messages keep their order.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,34 +17,65 @@ import asyncpg
 import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from civicline.common.amqp import MessageHandler, PoisonMessage, Publisher
+from civicline.common.batching import Batcher
 from civicline.common.envelope import Envelope
-from civicline.common.ordering import CitizenTurns
 from civicline.router import adapters
-from civicline.router.core import ParsedWebhook, detect_language, parse_webhook
-from civicline.router.events import (
-    apply_message,
-    error_event,
-    message_dedup_key,
-    rejected_event,
-    routed_events,
-    status_dedup_key,
-    status_event,
-)
-from civicline.router.rules import Rules, classify
+from civicline.router.batch import Delivered, contacts_needed, dedup_keys, plan_batch
+from civicline.router.core import ParsedWebhook, parse_webhook
+from civicline.router.events import rejected_event
+from civicline.router.rules import Rules
 
 log = structlog.get_logger(__name__)
 
 ROUTED = Counter("civicline_router_events_total", "Events the router published", ["kind"])
 DUPLICATES = Counter("civicline_router_duplicates_total", "Messages and statuses seen before")
 REJECTED = Counter("civicline_router_rejected_total", "Signed webhooks that could not be parsed")
+BATCH_SIZE = Histogram(
+    "civicline_router_batch_webhooks",
+    "Webhooks routed per transaction",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
 
 
-def router_handler(pool: asyncpg.Pool, publisher: Publisher, rules: Rules) -> MessageHandler:
-    turns = CitizenTurns()
+def router_batcher(
+    pool: asyncpg.Pool, publisher: Publisher, rules: Rules, *, size: int, linger: float
+) -> Batcher[Delivered]:
+    async def route(batch: Sequence[Delivered]) -> None:
+        async with pool.acquire() as connection, connection.transaction():
+            unseen = await adapters.claim_unseen(connection, dedup_keys(batch))
+            contacts = await adapters.lock_contacts(connection, contacts_needed(batch, unseen))
+            plan = plan_batch(batch, unseen, contacts, rules)
+            await adapters.save_contacts(connection, plan.contacts)
+            # Published before commit: if a publish fails the claims roll back and the
+            # redelivered webhooks are routed again (same event ids, so no duplicates).
+            await publish_lanes(publisher, plan.lanes)
+        DUPLICATES.inc(plan.duplicates)
+        BATCH_SIZE.observe(len(batch))
+        for event in plan.events:
+            ROUTED.labels(event.kind).inc()
+        log.info("webhooks_routed", webhooks=len(batch), events=len(plan.events))
 
+    return Batcher(route, size=size, linger=linger, name="router")
+
+
+async def publish_lanes(publisher: Publisher, lanes: Sequence[Sequence[Envelope]]) -> None:
+    """Every lane in order, all lanes at once (their confirms overlap); returns when every
+    publish is confirmed, or raises the first failure once none is still in flight."""
+
+    async def lane(events: Sequence[Envelope]) -> None:
+        for event in events:
+            await publisher.publish_envelope(event)
+
+    outcomes = await asyncio.gather(*(lane(events) for events in lanes), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+def router_handler(publisher: Publisher, batcher: Batcher[Delivered]) -> MessageHandler:
     async def handle(message: AbstractIncomingMessage) -> None:
         raw_event_id = message.message_id or ""
         received_at = _received_at(message.headers)
@@ -49,16 +88,8 @@ def router_handler(pool: asyncpg.Pool, publisher: Publisher, rules: Rules) -> Me
             REJECTED.inc()
             # Kept for inspection in the dead-letter queue; never requeued.
             raise PoisonMessage(f"webhook rejected: {why}")
-        # Before any await: turns are granted in the order webhooks arrived.
-        async with turns.turn(*(m.citizen_key() for m in parsed.messages)):
-            async with pool.acquire() as connection, connection.transaction():
-                events = await _new_events(connection, parsed, rules, raw_event_id, received_at)
-                # Published before commit: if a publish fails the claims roll back and the
-                # redelivered webhook is routed again (same event ids, so no duplicates).
-                for event in events:
-                    await publisher.publish_envelope(event)
-                    ROUTED.labels(event.kind).inc()
-            log.info("webhook_routed", events=len(events), kinds=sorted({e.kind for e in events}))
+        # No await before this: webhooks enter the batcher in the order they arrived.
+        await batcher.submit(Delivered(parsed, raw_event_id, received_at))
 
     return handle
 
@@ -69,48 +100,6 @@ def _parse(body: bytes, received_at: datetime) -> tuple[ParsedWebhook | None, st
     except orjson.JSONDecodeError as exc:
         return None, f"body is not JSON: {exc}"
     return parse_webhook(payload, received_at=received_at), None
-
-
-async def _new_events(
-    connection: asyncpg.Connection,
-    parsed: ParsedWebhook,
-    rules: Rules,
-    raw_event_id: str,
-    received_at: datetime,
-) -> list[Envelope]:
-    keys = [message_dedup_key(m) for m in parsed.messages]
-    keys += [status_dedup_key(s) for s in parsed.statuses]
-    unseen = await adapters.claim_unseen(connection, keys)
-    DUPLICATES.inc(len(keys) - len(unseen))
-    events: list[Envelope] = []
-    # Oldest first, so a "STOP" then a question from one citizen are applied in order.
-    for inbound in sorted(parsed.messages, key=lambda m: m.timestamp):
-        if message_dedup_key(inbound) not in unseen:
-            continue
-        citizen = inbound.citizen_key()
-        contact = await adapters.lock_contact(connection, inbound.phone_number_id, citizen)
-        language = detect_language(inbound.text, contact.language)
-        route = classify(inbound, rules)
-        updated = apply_message(contact, inbound, route, language)
-        await adapters.save_contact(connection, inbound.phone_number_id, citizen, updated)
-        events += routed_events(
-            inbound,
-            route,
-            before=contact,
-            after=updated,
-            language=language,
-            raw_event_id=raw_event_id,
-        )
-    events += [
-        status_event(status, raw_event_id=raw_event_id)
-        for status in parsed.statuses
-        if status_dedup_key(status) in unseen
-    ]
-    events += [
-        error_event(error, position=i, raw_event_id=raw_event_id, received_at=received_at)
-        for i, error in enumerate(parsed.errors)
-    ]
-    return events
 
 
 def _received_at(headers: dict[str, Any]) -> datetime:

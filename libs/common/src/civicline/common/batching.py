@@ -1,0 +1,117 @@
+"""Handlers that run concurrently hand their work to one batcher, which processes it in
+batches, one batch at a time, in the order it was handed in.
+
+A handler's `submit` returns once the batch holding its item was processed, or raises what
+stopped it, so the consumer acks, retries or dead-letters each message as before; only the
+expensive part (one transaction, one round trip per statement) is shared by the batch.
+
+A dependency outage fails the whole batch: every handler gets the error and waits it out as
+usual. Any other error is taken as one bad item: the batch is processed again item by item, in
+order, so the others still go through and only the bad one fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+import structlog
+
+from civicline.common.failures import is_outage
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+def _settle(done: asyncio.Future[None], outcome: BaseException | None) -> None:
+    if done.done():  # the handler was cancelled meanwhile (a shutdown that timed out)
+        return
+    if outcome is None:
+        done.set_result(None)
+    else:
+        done.set_exception(outcome)
+
+
+class Batcher(Generic[T]):
+    def __init__(
+        self,
+        process: Callable[[Sequence[T]], Awaitable[None]],
+        *,
+        size: int,
+        linger: float,
+        name: str,
+    ) -> None:
+        if size < 1:
+            raise ValueError("batch size must be at least 1")
+        self._process = process
+        self._size = size
+        self._linger = linger
+        self._name = name
+        self._pending: list[tuple[T, asyncio.Future[None]]] = []
+        self._has_work = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"batcher-{self._name}")
+
+    async def submit(self, item: T) -> None:
+        """Queue `item` (before any await, so items keep the order of the calls) and wait
+        until its batch has been processed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, done))
+        self._has_work.set()
+        if len(self._pending) >= self._size:
+            self._full.set()
+        await done
+
+    async def _run(self) -> None:
+        while True:
+            await self._has_work.wait()
+            # Linger briefly so items arriving together share one batch; while a batch is
+            # being processed the next one fills up by itself.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self._linger)
+            batch = self._pending[: self._size]
+            del self._pending[: self._size]
+            if len(self._pending) < self._size:
+                self._full.clear()
+            if not self._pending:
+                self._has_work.clear()
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
+        try:
+            await self._process([item for item, _ in batch])
+        except Exception as exc:
+            if is_outage(exc) or len(batch) == 1:
+                for _, done in batch:
+                    _settle(done, exc)
+                return
+            log.warning(
+                "batch_failed_retrying_one_by_one",
+                batcher=self._name,
+                size=len(batch),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            for item, done in batch:
+                try:
+                    await self._process([item])
+                except Exception as single:
+                    _settle(done, single)
+                else:
+                    _settle(done, None)
+        else:
+            for _, done in batch:
+                _settle(done, None)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
