@@ -6,7 +6,8 @@ Two kinds, both written under deploy/schemas/ with where they came from:
         --ref v2.16.1 --path config/crd/bases/keda.sh_scaledobjects.yaml [--version v1alpha1]
 
 writes deploy/schemas/crds/<group>_<Kind>_<version>.json for each served version (or the one
-named): the version's openAPIV3Schema and a header (project, ref, upstream path, license).
+named): the version's openAPIV3Schema and a header (project, ref, upstream path, license). A
+Helm chart's copy of a CRD works too: its `{{ ... }}` templating is dropped first.
 `--core PATH=TYPE` (repeatable) replaces a subtree that is a copy of a Kubernetes type, such as
 `spec.affinity=io.k8s.api.core.v1.Affinity` or `spec.tolerations[]=io.k8s.api.core.v1.Toleration`,
 by `{"x-kubernetes-core-type": TYPE}`: the test checks it against that type in the Kubernetes
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,8 +86,17 @@ def replace_subtrees(schema: dict[str, Any], core: dict[str, str], opaque: list[
         holder[key] = {"type": holder[key]["type"], "x-vendored-opaque": True}
 
 
+HELM_DIRECTIVE = re.compile(r"^[ \t]*\{\{.*\}\}[ \t]*\n?", re.MULTILINE)
+HELM_VALUE = re.compile(r"\{\{.*?\}\}")
+
+
+def without_helm_templating(text: str) -> str:
+    """A chart's copy of a CRD (kedacore/charts) parses once its {{ }} lines and values go."""
+    return HELM_VALUE.sub("helm-value", HELM_DIRECTIVE.sub("", text))
+
+
 def crd_documents(text: str) -> list[dict[str, Any]]:
-    docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+    docs = [d for d in yaml.safe_load_all(without_helm_templating(text)) if isinstance(d, dict)]
     crds = [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
     if not crds:
         raise SystemExit("no CustomResourceDefinition in the file")

@@ -466,8 +466,15 @@ def test_the_vendor_script_keeps_constraints_and_drops_only_prose() -> None:
         },
     }
     source = {"project": "example/widgets", "ref": "v1.0.0", "path": "crd.yaml"}
+    # As a Helm chart ships it (kedacore/charts): the templating lines and values are dropped.
+    crd["metadata"]["labels"] = {"app.kubernetes.io/name": "{{ .Values.operator.name }}"}
+    dumped = yaml.safe_dump(crd).replace(
+        "'{{ .Values.operator.name }}'", "{{ .Values.operator.name }}"
+    )
+    chart_copy = "{{- if .Values.crds.install }}\n" + dumped + "{{- end -}}\n"
+    assert "name: {{ .Values.operator.name }}\n" in chart_copy  # not YAML until de-templated
     ((name, vendored),) = vendor.vendored_crds(
-        yaml.safe_dump(crd),
+        chart_copy,
         source,
         None,
         {"spec.pod": "io.k8s.api.core.v1.PodSpec"},
