@@ -432,7 +432,7 @@ def test_the_vendor_script_keeps_constraints_and_drops_only_prose() -> None:
     assert spec.loader is not None
     vendor = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(vendor)
-    crd = {
+    crd: Doc = {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": "widgets.example.org", "annotations": {"a": "b"}},
