@@ -308,6 +308,24 @@ def test_every_vendored_crd_is_used_and_says_where_it_came_from() -> None:
         assert source["path"].endswith(".yaml"), source
         assert source["license"], source
         assert vendored["openAPIV3Schema"]["properties"]["spec"], kind
+        # Every reduction of the upstream schema is declared where the file says where it's from.
+        found = dict(reductions(vendored["openAPIV3Schema"]))
+        assert {p: t for p, t in found.items() if t != "opaque"} == source.get("core-types", {})
+        assert sorted(p for p, t in found.items() if t == "opaque") == sorted(
+            source.get("opaque", [])
+        )
+
+
+def reductions(schema: Doc, path: str = "") -> Iterator[tuple[str, str]]:
+    """(path, core type or "opaque") for each subtree vendor-schemas.py replaced."""
+    if "x-kubernetes-core-type" in schema:
+        yield path, schema["x-kubernetes-core-type"]
+    elif schema.get("x-vendored-opaque"):
+        yield path, "opaque"
+    for name, sub in schema.get("properties", {}).items():
+        yield from reductions(sub, f"{path}.{name}".lstrip("."))
+    if isinstance(schema.get("items"), dict):
+        yield from reductions(schema["items"], f"{path}[]")
 
 
 # --- the CRD check refuses what the API server would refuse (or silently drop) -----------------
