@@ -141,8 +141,9 @@ def _message(error: ValidationError) -> str:
             for name in error.instance
             if name not in known and not any(re.search(p, name) for p in patterns)
         ]
-        verb = "was" if len(extra) == 1 else "were"
-        return f"Additional properties are not allowed ({', '.join(extra)} {verb} unexpected)"
+        if extra:
+            verb = "was" if len(extra) == 1 else "were"
+            return f"Additional properties are not allowed ({', '.join(extra)} {verb} unexpected)"
     return error.message
 
 
