@@ -3,11 +3,15 @@
 No cluster and no Docker engine needed. Every overlay is rendered (with `kubectl kustomize` when
 it is installed, else with the small renderer below, which knows the Kustomize features deploy/
 uses), the built-in kinds are validated offline against the Kubernetes schemas
-(kubernetes-validate), and the properties platform teams rely on are asserted on the result.
+(kubernetes-validate), the custom resources against their operators' CRD schemas vendored in
+deploy/schemas/crds, the compose file against the Compose Specification's schema vendored in
+deploy/schemas, and the properties platform teams rely on are asserted on the result.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import re
 import shutil
@@ -24,10 +28,17 @@ import yaml
 
 from civicline.common.settings import _ALL_NAMES, SECRET_NAMES
 from civicline.common.topology import CONSUMED_QUEUES
+from support.manifest_schemas import (
+    closed_schema,
+    custom_resource_problems,
+    load_crd_schemas,
+    problems,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
+SCHEMAS = DEPLOY / "schemas"
 OVERLAYS = ("dev", "production", "surge")
 KUBERNETES_VERSION = "1.32.0"
 SERVICES = {"ingress": 8080, "router": 8081, "responder": 8082, "audit": 8083}
@@ -240,16 +251,270 @@ def test_fallback_renderer_agrees_with_kubectl(overlay: str) -> None:
 # --- rendered overlays ------------------------------------------------------------------------
 
 
+@cache
+def vendored_crds() -> dict[tuple[str, str], Doc]:
+    return load_crd_schemas(SCHEMAS / "crds")
+
+
+def is_built_in(doc: Doc) -> bool:
+    """True when kubernetes-validate knows the kind; custom resources need their CRD."""
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        return False
+    except kubernetes_validate.ValidationError:
+        return True
+    return True
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_built_in_kinds_validate_against_kubernetes_schemas(overlay: str) -> None:
     for doc in render(overlay):
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
-            # Custom resources (KEDA, operators, Prometheus): checked field by field below.
+            # A custom resource (KEDA, the operators, Prometheus): checked against its CRD below.
             assert "." in doc["apiVersion"].split("/")[0], doc["kind"]
         except kubernetes_validate.ValidationError as error:
             pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: {error.message}")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_custom_resources_validate_against_their_vendored_crds(overlay: str) -> None:
+    custom = [doc for doc in render(overlay) if not is_built_in(doc)]
+    kinds = {doc["kind"] for doc in custom}
+    assert {"ScaledObject", "TriggerAuthentication", "RabbitmqCluster", "Cluster"} <= kinds
+    if overlay != "dev":
+        assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
+    for doc in custom:
+        found = custom_resource_problems(doc, vendored_crds())
+        assert not found, f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: " + "; ".join(found)
+
+
+def test_every_vendored_crd_is_used_and_says_where_it_came_from() -> None:
+    used = {
+        (doc["apiVersion"], doc["kind"])
+        for overlay in OVERLAYS
+        for doc in render(overlay)
+        if not is_built_in(doc)
+    }
+    assert set(vendored_crds()) == used
+    for (api_version, kind), vendored in vendored_crds().items():
+        group, version = api_version.split("/")
+        assert (SCHEMAS / "crds" / f"{group}_{kind}_{version}.json").is_file()
+        source = vendored["x-vendored-from"]
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+", source["project"]), source
+        assert re.fullmatch(r"[0-9a-f]{40}|v?\d+\.\d+\.\d+", source["ref"]), source
+        assert source["path"].endswith(".yaml"), source
+        assert source["license"], source
+        assert vendored["openAPIV3Schema"]["properties"]["spec"], kind
+        # Every reduction of the upstream schema is declared where the file says where it's from.
+        found = dict(reductions(vendored["openAPIV3Schema"]))
+        assert {p: t for p, t in found.items() if t != "opaque"} == source.get("core-types", {})
+        assert sorted(p for p, t in found.items() if t == "opaque") == sorted(
+            source.get("opaque", [])
+        )
+
+
+def reductions(schema: Doc, path: str = "") -> Iterator[tuple[str, str]]:
+    """(path, core type or "opaque") for each subtree vendor-schemas.py replaced."""
+    if "x-kubernetes-core-type" in schema:
+        yield path, schema["x-kubernetes-core-type"]
+    elif schema.get("x-vendored-opaque"):
+        yield path, "opaque"
+    for name, sub in schema.get("properties", {}).items():
+        yield from reductions(sub, f"{path}.{name}".lstrip("."))
+    if isinstance(schema.get("items"), dict):
+        yield from reductions(schema["items"], f"{path}[]")
+
+
+# --- the CRD check refuses what the API server would refuse (or silently drop) -----------------
+
+
+def scaled_object() -> Doc:
+    (doc,) = [
+        d
+        for d in render("production")
+        if d["kind"] == "ScaledObject" and d["metadata"]["name"] == "audit"
+    ]
+    return copy.deepcopy(doc)
+
+
+def refusals(doc: Doc) -> list[str]:
+    return custom_resource_problems(doc, vendored_crds())
+
+
+def test_a_scaled_object_with_a_wrong_field_type_is_refused() -> None:
+    doc = scaled_object()
+    doc["spec"]["maxReplicaCount"] = "4"
+    doc["spec"]["triggers"][0]["metadata"]["value"] = 5000  # KEDA's metadata is strings only
+    assert refusals(doc) == [
+        ".spec.maxReplicaCount: '4' is not of type 'integer'",
+        ".spec.triggers[0].metadata.value: 5000 is not of type 'string'",
+    ]
+
+
+def test_a_scaled_object_with_an_unknown_field_is_refused() -> None:
+    doc = scaled_object()
+    doc["spec"]["pollingIntervall"] = 15  # the API server would prune it: the setting is lost
+    doc["spec"]["triggers"][0]["authenticationRef"]["nmae"] = "x"
+    doc["metadata"]["lables"] = {"a": "b"}
+    assert refusals(doc) == [
+        ".metadata: Additional properties are not allowed ('lables' was unexpected)",
+        ".spec: Additional properties are not allowed ('pollingIntervall' was unexpected)",
+        ".spec.triggers[0].authenticationRef: Additional properties are not allowed "
+        "('nmae' was unexpected)",
+    ]
+
+
+def test_a_scaled_object_missing_a_required_field_is_refused() -> None:
+    doc = scaled_object()
+    del doc["spec"]["scaleTargetRef"]
+    del doc["spec"]["triggers"][0]["type"]
+    assert refusals(doc) == [
+        ".spec: 'scaleTargetRef' is a required property",
+        ".spec.triggers[0]: 'type' is a required property",
+    ]
+
+
+def test_a_custom_kind_or_version_without_a_vendored_crd_is_refused() -> None:
+    doc = scaled_object()
+    doc["apiVersion"] = "keda.sh/v1beta1"
+    assert refusals(doc) == [
+        "no vendored CRD schema for keda.sh/v1beta1 ScaledObject: vendor it with "
+        "scripts/vendor-schemas.py crd (see deploy/README.md)"
+    ]
+    certificate = {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {}}
+    assert refusals(certificate)[0].startswith("no vendored CRD schema for cert-manager.io/v1")
+
+
+def test_core_types_inside_custom_resources_are_checked_too() -> None:
+    (rabbitmq,) = [copy.deepcopy(d) for d in render("production") if d["kind"] == "RabbitmqCluster"]
+    pod = rabbitmq["spec"]["override"]["statefulSet"]["spec"]["template"]["spec"]
+    del pod["containers"]  # the operator's CRD requires it, even empty, in a pod override
+    pod["topologySpreadConstraints"][0]["maxSkew"] = "1"
+    assert refusals(rabbitmq) == [
+        ".spec.override.statefulSet.spec.template.spec: 'containers' is a required property",
+        ".spec.override.statefulSet.spec.template.spec.topologySpreadConstraints[0].maxSkew: "
+        "'1' is not of type 'integer'",
+    ]
+    (postgres,) = [copy.deepcopy(d) for d in render("production") if d["kind"] == "Cluster"]
+    postgres["spec"]["resources"]["limit"] = {"cpu": "1"}
+    assert refusals(postgres) == [
+        ".spec.resources: Additional properties are not allowed ('limit' was unexpected)"
+    ]
+
+
+def test_parts_vendored_opaque_cannot_be_set() -> None:
+    (postgres,) = [copy.deepcopy(d) for d in render("production") if d["kind"] == "Cluster"]
+    postgres["spec"]["backup"] = {"retentionPolicy": "30d"}
+    (refusal,) = refusals(postgres)
+    assert refusal.startswith(".spec.backup: this part of the CRD was vendored opaque")
+
+
+def test_structural_schema_rules() -> None:
+    schema = closed_schema(
+        {
+            "type": "object",
+            "properties": {
+                "port": {"x-kubernetes-int-or-string": True},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "maybe": {"type": "string", "nullable": True},
+                "embedded": {
+                    "type": "object",
+                    "x-kubernetes-embedded-resource": True,
+                    "properties": {"spec": {"type": "object"}},
+                },
+                "either": {
+                    "anyOf": [{"properties": {"a": {"type": "string"}}}, {"required": ["b"]}]
+                },
+            },
+        }
+    )
+    assert problems({"port": 8080, "free": {"anything": [1]}, "maybe": None}, schema) == []
+    assert problems({"port": "http", "either": {"a": "x", "b": 1}}, schema) == []
+    embedded = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {}}
+    assert problems({"embedded": embedded}, schema) == []
+    assert problems({"port": 1.5, "maybe": 3, "typo": 1}, schema) == [
+        "(the document): Additional properties are not allowed ('typo' was unexpected)",
+        ".maybe: 3 is not of type 'string', 'null'",
+        ".port: 1.5 is not valid under any of the given schemas",
+    ]
+
+
+def test_the_vendor_script_keeps_constraints_and_drops_only_prose() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "vendor_schemas", REPO / "scripts/vendor-schemas.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    vendor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vendor)
+    crd: Doc = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.org", "annotations": {"a": "b"}},
+        "spec": {
+            "group": "example.org",
+            "names": {"kind": "Widget"},
+            "versions": [
+                {"name": "v1alpha1", "served": False, "schema": {"openAPIV3Schema": {}}},
+                {
+                    "name": "v1",
+                    "served": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "description": "prose",
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "description": "more prose",
+                                    "properties": {
+                                        "description": {"type": "string", "maxLength": 9},
+                                        "pod": {"type": "object", "properties": {}},
+                                        "backup": {"type": "object", "properties": {}},
+                                    },
+                                }
+                            },
+                        }
+                    },
+                },
+            ],
+        },
+    }
+    source = {"project": "example/widgets", "ref": "v1.0.0", "path": "crd.yaml"}
+    # As a Helm chart ships it (kedacore/charts): the templating lines and values are dropped.
+    crd["metadata"]["labels"] = {"app.kubernetes.io/name": "{{ .Values.operator.name }}"}
+    dumped = yaml.safe_dump(crd).replace(
+        "'{{ .Values.operator.name }}'", "{{ .Values.operator.name }}"
+    )
+    chart_copy = "{{- if .Values.crds.install }}\n" + dumped + "{{- end -}}\n"
+    assert "name: {{ .Values.operator.name }}\n" in chart_copy  # not YAML until de-templated
+    ((name, vendored),) = vendor.vendored_crds(
+        chart_copy,
+        source,
+        None,
+        {"spec.pod": "io.k8s.api.core.v1.PodSpec"},
+        ["spec.backup"],
+    ).items()
+    assert name == "example.org_Widget_v1.json"
+    assert vendored["apiVersion"] == "example.org/v1"
+    assert vendored["kind"] == "Widget"
+    assert vendored["openAPIV3Schema"] == {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "description": {"type": "string", "maxLength": 9},
+                    "pod": {"x-kubernetes-core-type": "io.k8s.api.core.v1.PodSpec"},
+                    "backup": {"type": "object", "x-vendored-opaque": True},
+                },
+            }
+        },
+    }
+    assert vendored["x-vendored-from"]["opaque"] == ["spec.backup"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -573,6 +838,30 @@ def test_compose_secrets_come_from_files_and_variables_are_settings() -> None:
                 assert value.removeprefix("/run/secrets/") in service["secrets"], (name, variable)
 
 
+@cache
+def compose_schema() -> Doc:
+    loaded: Doc = json.loads((SCHEMAS / "compose-spec.json").read_text(encoding="utf-8"))
+    return loaded
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    assert compose_schema()["x-vendored-from"]["project"] == "compose-spec/compose-spec"
+    assert problems(compose(), compose_schema()) == []
+
+
+def test_the_compose_specification_check_refuses_typos() -> None:
+    spec = json.loads(json.dumps(compose()))  # unshare the YAML aliases before changing one
+    spec["services"]["router"]["depends_on"]["migrate"] = {"condition": "service_complete"}
+    spec["services"]["router"]["healtcheck"] = spec["services"]["router"].pop("healthcheck")
+    spec["services"]["router"]["read_only"] = ["yes"]
+    assert problems(spec, compose_schema()) == [
+        ".services.router: Additional properties are not allowed ('healtcheck' was unexpected)",
+        ".services.router.depends_on.migrate.condition: 'service_complete' is not one of "
+        "['service_started', 'service_healthy', 'service_completed_successfully']",
+        ".services.router.read_only: ['yes'] is not of type 'boolean', 'string'",
+    ]
+
+
 def test_compose_file_is_valid_for_docker_compose() -> None:
     docker = shutil.which("docker")
     if (
@@ -581,7 +870,10 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
             [docker, "compose", "version"], capture_output=True, check=False
         ).returncode
     ):
-        pytest.skip("the docker compose plugin is not installed")
+        pytest.skip(
+            "the docker compose plugin is not installed: compose.yaml was checked against the "
+            "vendored Compose Specification schema instead"
+        )
     result = subprocess.run(
         [docker, "compose", "-f", str(DEPLOY / "compose.yaml"), "config", "--quiet"],
         capture_output=True,
