@@ -32,8 +32,10 @@ THROTTLED = Counter("civicline_responder_throttled_total", "Throughput errors fr
 # Meta's never puts one message too many into a second.
 HEADROOM = 0.95
 # Slots reserved per round trip to Postgres: fewer round trips, while a replica that stops
-# sending wastes at most this many slots.
+# sending wastes at most this many slots (or 50 ms of the limit, when that is more).
 RESERVATION = 8
+# How late after its slot a send may still go (see SendSchedule.wait_for_slot).
+MAX_LATENESS = 0.025
 PENALTY_SECONDS = 1.0
 MAX_SLOWDOWN = 16.0
 RECOVERY_HALF_LIFE_SECONDS = 10.0
@@ -51,6 +53,7 @@ class SendSchedule:
     def __init__(self, pool: asyncpg.Pool, *, rate: float) -> None:
         self._pool = pool
         self._interval = 1.0 / (rate * HEADROOM)
+        self._reservation = max(RESERVATION, int(rate * HEADROOM * 0.05))
         self._slots: dict[str, collections.deque[float]] = collections.defaultdict(
             collections.deque
         )
@@ -59,28 +62,40 @@ class SendSchedule:
         self._epochs: dict[str, int] = collections.defaultdict(int)
 
     async def wait_for_slot(self, phone_number_id: str) -> None:
-        # Waiters queue on the number's lock and sleep holding it, so the spacing is measured
-        # from the moment the previous sender really went, not from when it was meant to: a
-        # busy event loop waking two senders late must not release them together.
-        async with self._locks[phone_number_id]:
-            slots = self._slots[phone_number_id]
-            while True:
-                now = time.time()
-                # A slot left unused for long is lost capacity, never a reason to burst.
-                while slots and slots[0] < now - 1.0:
+        """Return at this replica's next slot of the shared schedule.
+
+        Each waiter takes its slot in turn and sleeps until it on its own, so many sends are
+        in flight at once. A sender that wakes within MAX_LATENESS of its slot goes: slots are
+        spaced for 95 % of the limit, so shifting some by up to 25 ms still fits every
+        one-second window. One woken later (a stalled event loop) must not go together with
+        the senders behind it: it keeps at least one interval from this replica's previous
+        send, as a fully serialised sender would.
+        """
+        lock = self._locks[phone_number_id]
+        while True:
+            async with lock:
+                slots = self._slots[phone_number_id]
+                # A slot left unused is lost capacity, never a reason to burst.
+                while slots and slots[0] < time.time() - MAX_LATENESS:
                     slots.popleft()
                 if not slots:
-                    slots.extend(await self._reserve(phone_number_id, RESERVATION))
-                send_at = max(slots.popleft(), self._last[phone_number_id] + self._interval)
-                delay = send_at - time.time()
+                    slots.extend(await self._reserve(phone_number_id, self._reservation))
+                send_at = slots.popleft()
                 epoch = self._epochs[phone_number_id]
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if self._epochs[phone_number_id] == epoch:
+            if (delay := send_at - time.time()) > 0:
+                await asyncio.sleep(delay)
+            if time.time() - send_at > MAX_LATENESS:
+                async with lock:
+                    gap = self._last[phone_number_id] + self._interval - time.time()
+                    if gap > 0:
+                        await asyncio.sleep(gap)
                     self._last[phone_number_id] = time.time()
-                    return
-                # Meta throttled us while we waited: this slot is void, take one from the
-                # new, slower schedule.
+            else:
+                self._last[phone_number_id] = max(self._last[phone_number_id], time.time())
+            if self._epochs[phone_number_id] == epoch:
+                return
+            # Meta throttled us while we waited: this slot is void, take one from the new,
+            # slower schedule.
 
     async def _reserve(self, phone_number_id: str, count: int) -> list[float]:
         async with self._pool.acquire() as connection, connection.transaction():
