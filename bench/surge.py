@@ -84,6 +84,7 @@ class Drill:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     step: int = 0
     after: int = 0
+    statuses: tuple[str, ...] = STATUSES
     limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(512))
 
     async def post(self, post: Post, body: bytes) -> None:
@@ -146,7 +147,7 @@ class Drill:
                 if self.replies[inbound] > 1:
                     continue
                 self.reply_at[inbound] = datetime.fromisoformat(send["received_at"]).timestamp()
-                for state in STATUSES:
+                for state in self.statuses:
                     body = status_webhook(
                         wamid=send["wamid"], status=state, recipient_id=str(send["to"])
                     )
@@ -279,6 +280,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of one process, in MiB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
 def pids_named(name: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -305,6 +317,9 @@ class CpuMeter:
         parts["rabbitmq"] = pids_named("beam.smp")
         parts["postgres"] = pids_named("postgres")
         return cls(parts)
+
+    def memory(self, services: list[str]) -> dict[str, float]:
+        return {name: rss_mib(self.parts[name][0]) for name in services}
 
     def read(self) -> dict[str, float]:
         self.parts["postgres"] = sorted(set(self.parts["postgres"]) | set(pids_named("postgres")))
@@ -383,10 +398,13 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             state = Drill(pipeline.webhook_url, simulator_url, session)
+            state.statuses = () if args.no_statuses else STATUSES
             poller = asyncio.create_task(state.poll_replies())
             windows: list[tuple[float, float, float]] = []
             depths: list[dict[str, int]] = []
             cpu: list[dict[str, float]] = []
+            memory: list[dict[str, float]] = []
+            services = list(pipeline.processes)
             unaudited: list[int] = []
             for serial, rate in enumerate(args.rates):
                 state.step = serial
@@ -394,6 +412,7 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
                 await state.citizens(rate, args.step_seconds, serial)
                 end = time.time()
                 cpu.append(cpu_share(used, meter.read(), end - start))
+                memory.append(meter.memory(services))
                 windows.append((rate, start, end))
                 depths.append(await queue_depths(environment.amqp_url))
                 seen, _, _ = await audited(environment.database_url)
@@ -435,6 +454,7 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
                 "unaudited_at_step_end": unaudited[serial],
                 "queue_depths": depths[serial],
                 "cpu_cores": cpu[serial],
+                "rss_mib": memory[serial],
             }
             for serial, window in enumerate(windows)
         ]
@@ -447,6 +467,7 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             },
             "settings": {
                 "step_seconds": args.step_seconds,
+                "status_webhooks": not args.no_statuses,
                 "responder_send_rate": SEND_RATE,
                 "bounds": {
                     "ingress_p99_ms": INGRESS_P99_BOUND_MS,
@@ -616,8 +637,57 @@ def markdown(result: dict[str, Any]) -> str:
     for step in result["steps"]:
         shares = [f"{step['cpu_cores'][part]:.2f}" for part in parts]
         lines.append(f"| {cell(step['offered_per_s'])} | " + " | ".join(shares) + " |")
+    services = list(result["steps"][0]["rss_mib"]) if result["steps"] else []
+    lines += [
+        "",
+        "Resident memory of each service at the end of each step, MiB:",
+        "",
+        "| offered/s | " + " | ".join(services) + " |",
+        "|---|" + "---|" * len(services),
+    ]
+    for step in result["steps"]:
+        sizes = [f"{step['rss_mib'][name]:.1f}" for name in services]
+        lines.append(f"| {cell(step['offered_per_s'])} | " + " | ".join(sizes) + " |")
     lines += ["", result["final_line"]]
+    if result.get("bottleneck"):
+        lines += ["", result["bottleneck"]]
     return "\n".join(lines) + "\n"
+
+
+# Where each consuming stage's backlog waits.
+STAGE_QUEUES = {
+    "router": "router.inbound",
+    "responder": "responder.messages",
+    "audit": "audit.events",
+}
+
+
+def bottleneck(steps: list[dict[str, Any]], cores: int) -> str | None:
+    """Which stage held back the first step that was not sustained, and whether the machine
+    itself was out of CPU (then every stage competes with the others for it)."""
+    step = next((s for s in steps if not s["sustained"]), None)
+    if step is None:
+        return None
+    depths = step["queue_depths"]
+    backlog = {stage: depths.get(queue, 0) for stage, queue in STAGE_QUEUES.items()}
+    stage, depth = max(backlog.items(), key=lambda item: item[1])
+    if depth == 0:
+        stage = "ingress"
+        where = f"ingress p99 {step['ingress_p99_ms']} ms with no queue backlog"
+    else:
+        where = f"{depth} messages waiting in {STAGE_QUEUES[stage]} at the step's end"
+    used = sum(step["cpu_cores"].values())
+    text = (
+        f"bottleneck at {cell(step['offered_per_s'])} citizen msgs/s: {stage} ({where};"
+        f" it used {step['cpu_cores'].get(stage, 0):.2f} cores)."
+    )
+    if used >= 0.85 * cores:
+        heaviest = sorted(step["cpu_cores"].items(), key=lambda item: -item[1])[:3]
+        text += (
+            f" The machine was out of CPU: the drill's parts used {used:.2f} of {cores} cores"
+            " (most: " + ", ".join(f"{name} {share:.2f}" for name, share in heaviest) + ")."
+        )
+    return text
 
 
 def final_line(steps: list[dict[str, Any]]) -> str:
@@ -645,6 +715,11 @@ def main() -> None:
     parser.add_argument("--ceiling-seconds", type=float, default=3.0)
     parser.add_argument("--drain-seconds", type=float, default=60.0)
     parser.add_argument(
+        "--no-statuses",
+        action="store_true",
+        help="send no status webhooks back: citizen messages only (the issue's second target)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="record each service with py-spy during the load (collapsed stacks in OUT/profiles)",
@@ -657,6 +732,7 @@ def main() -> None:
         print("surge: interrupted; environment and processes cleaned up", file=sys.stderr)
         raise SystemExit(130) from None
     result["final_line"] = final_line(result["steps"])
+    result["bottleneck"] = bottleneck(result["steps"], result["machine"]["cores"] or 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "surge.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
