@@ -46,6 +46,8 @@ SEND_RATE = 1000  # Meta's upgraded tier; the default 80/s would cap the drill, 
 INGRESS_P99_BOUND_MS = 1000.0
 REPLY_P99_BOUND_MS = 5000.0
 STATUSES = ("sent", "delivered", "read")
+# A step that ends with more than this many seconds of its work still queued ends the ramp.
+BACKLOG_SECONDS = 3.0
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -239,7 +241,9 @@ async def insert_ceiling(database_url: str, seconds: float) -> tuple[float, str]
 # Profiles ---------------------------------------------------------------------------------
 
 
-def start_profilers(pipeline: Pipeline, directory: Path) -> dict[str, subprocess.Popen[bytes]]:
+def start_profilers(
+    pipeline: Pipeline, directory: Path, suffix: str = ""
+) -> dict[str, subprocess.Popen[bytes]]:
     """py-spy on every service process for the whole load (sampling, so the services run at
     nearly full speed), writing collapsed stacks that `bench/hotspots.py` summarises and any
     flame-graph tool reads. py-spy needs ptrace rights (root, or CAP_SYS_PTRACE)."""
@@ -249,7 +253,7 @@ def start_profilers(pipeline: Pipeline, directory: Path) -> dict[str, subprocess
         service: subprocess.Popen(
             [
                 *(str(py_spy), "record", "--pid", str(process.pid), "--rate", "200"),
-                *("--format", "raw", "--output", str(directory / f"{service}.txt")),
+                *("--format", "raw", "--output", str(directory / f"{service}{suffix}.txt")),
                 "--nonblocking",
             ],
             stdout=subprocess.DEVNULL,
@@ -264,6 +268,63 @@ def stop_profilers(profilers: dict[str, subprocess.Popen[bytes]]) -> None:
         profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
     for profiler in profilers.values():
         profiler.wait(timeout=30)
+
+
+async def ingress_alone(
+    pipeline: Pipeline, amqp_url: str, seconds: float, concurrency: int = 256
+) -> dict[str, Any]:
+    """Ingress with nothing consuming behind it: signed webhooks posted back to back by
+    `concurrency` clients for `seconds`; then the queues it filled are purged."""
+    bodies = [
+        text_message_webhook(wa_id=f"8299{i:08d}", text=QUESTIONS[i % len(QUESTIONS)])[0]
+        for i in range(2048)
+    ]
+    signed = [(body, sign(body, APP_SECRET)) for body in bodies]
+    latencies: list[float] = []
+    failures = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client(offset: int) -> None:
+            nonlocal failures
+            i = offset
+            while loop.time() < deadline:
+                body, signature = signed[i % len(signed)]
+                i += concurrency
+                started = loop.time()
+                async with session.post(
+                    pipeline.webhook_url,
+                    data=body,
+                    headers={SIGNATURE_HEADER: signature, "Content-Type": "application/json"},
+                ) as answer:
+                    await answer.read()
+                    if answer.status != 200:
+                        failures += 1
+                        continue
+                latencies.append(loop.time() - started)
+
+        ingress = pipeline.processes["ingress"].pid
+        began, cpu_before, own_before = loop.time(), cpu_seconds(ingress), cpu_seconds(os.getpid())
+        await asyncio.gather(*(client(n) for n in range(concurrency)))
+        elapsed = loop.time() - began
+        ingress_cores = (cpu_seconds(ingress) - cpu_before) / elapsed
+        generator_cores = (cpu_seconds(os.getpid()) - own_before) / elapsed
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in ("router.inbound", "audit.events"):
+            queue = await channel.declare_queue(name, passive=True)
+            await queue.purge()
+    return {
+        "accepted_per_s": round(len(latencies) / elapsed, 1),
+        "failed": failures,
+        "p50_ms": ms(percentile(latencies, 50)),
+        "p99_ms": ms(percentile(latencies, 99)),
+        "ingress_cores": round(ingress_cores, 2),
+        "load_generator_cores": round(generator_cores, 2),
+    }
 
 
 # CPU accounting ---------------------------------------------------------------------------
@@ -390,7 +451,24 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             log_dir,
             extra_env={"RESPONDER_SEND_RATE": str(SEND_RATE)},
         )
-        await pipeline.start_all()
+        pipeline.start("ingress")
+        await pipeline.wait_ready("ingress")
+        alone_profile = (
+            start_profilers(pipeline, out / "profiles", suffix="-alone") if args.profile else {}
+        )
+        alone = await ingress_alone(pipeline, environment.amqp_url, args.ceiling_seconds)
+        stop_profilers(alone_profile)
+        print(
+            f"ingress alone: {alone['accepted_per_s']:.0f} webhooks/s"
+            f" ({alone['accepted_per_s'] / ceilings['publish_confirm']:.0%} of the publish"
+            f" ceiling), p50 {alone['p50_ms']} ms, p99 {alone['p99_ms']} ms; ingress used"
+            f" {alone['ingress_cores']} cores, the load generator {alone['load_generator_cores']}",
+            flush=True,
+        )
+        for service in ("router", "responder", "audit"):
+            pipeline.start(service)
+        for service in ("router", "responder", "audit"):
+            await pipeline.wait_ready(service)
         meter = CpuMeter.for_pipeline(pipeline, simulator)
         profilers = start_profilers(pipeline, out / "profiles") if args.profile else {}
 
@@ -418,11 +496,19 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
                 seen, _, _ = await audited(environment.database_url)
                 step_wamids = [w for w, s in state.message_step.items() if s == serial]
                 unaudited.append(sum(1 for w in step_wamids if w not in seen))
+                backlog = sum(depths[-1].values())
                 print(
                     f"step {rate:g}/s: offered {len(step_wamids)}, unaudited at end "
-                    f"{unaudited[-1]}, ready in queues {sum(depths[-1].values())}",
+                    f"{unaudited[-1]}, ready in queues {backlog}",
                     flush=True,
                 )
+                if backlog > rate * BACKLOG_SECONDS * (1 + len(state.statuses)):
+                    # Not keeping up: a higher step would only pile onto this backlog.
+                    print(
+                        f"ramp stopped: more than {BACKLOG_SECONDS:g} s of work still queued",
+                        flush=True,
+                    )
+                    break
 
             # Drain: every accepted message replied and audited, every status posted and audited.
             loop = asyncio.get_running_loop()
@@ -475,6 +561,7 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
                 },
             },
             "ceilings": ceilings,
+            "ingress_alone": alone,
             "steps": steps,
         }
     finally:
@@ -616,6 +703,14 @@ def markdown(result: dict[str, Any]) -> str:
         f" consume+ack {ceilings['consume_ack']:.0f} msgs/s,"
         f" batch insert {ceilings['insert']:.0f} rows/s.",
         "",
+        "Ingress alone (nothing consuming, 256 clients back to back):"
+        f" {result['ingress_alone']['accepted_per_s']:.0f} webhooks/s ="
+        f" {result['ingress_alone']['accepted_per_s'] / ceilings['publish_confirm']:.0%} of the"
+        f" publish+confirm ceiling, p50 {result['ingress_alone']['p50_ms']} ms,"
+        f" p99 {result['ingress_alone']['p99_ms']} ms; ingress used"
+        f" {result['ingress_alone']['ingress_cores']} cores, the load generator"
+        f" {result['ingress_alone']['load_generator_cores']}.",
+        "",
         "| " + " | ".join(title for title, _ in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
@@ -708,8 +803,9 @@ def main() -> None:
     parser.add_argument(
         "--rates",
         type=lambda text: [float(r) for r in text.split(",")],
-        default=[50.0, 100.0, 200.0, 400.0],
-        help="offered citizen messages/s per step, comma-separated (default 50,100,200,400)",
+        default=[100.0, 250.0, 500.0, 1000.0, 2000.0],
+        help="offered citizen messages/s per step, comma-separated (default 100,250,500,"
+        "1000,2000); the ramp stops after a step that leaves a backlog",
     )
     parser.add_argument("--step-seconds", type=float, default=10.0)
     parser.add_argument("--ceiling-seconds", type=float, default=3.0)
