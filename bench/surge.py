@@ -352,6 +352,37 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+async def sample_memory(
+    meter: CpuMeter, services: list[str], samples: list[tuple[float, dict[str, float]]]
+) -> None:
+    """Every service's resident memory every 10 s while the drill runs."""
+    while True:
+        samples.append((time.time(), meter.memory(services)))
+        await asyncio.sleep(10)
+
+
+def memory_growth(
+    samples: list[tuple[float, dict[str, float]]], services: list[str]
+) -> dict[str, dict[str, float]]:
+    """Per service: resident memory once warmed up (the first sample after 60 s, or the first
+    at all in a short drill), at the end, and the largest seen, in MiB. Flat means the end is
+    within a few MiB of the warm reading, whatever the number of messages handled between."""
+    if not samples:
+        return {}
+    start = samples[0][0]
+    warm = next((mem for at, mem in samples if at - start >= 60), samples[0][1])
+    last = samples[-1][1]
+    return {
+        name: {
+            "warm_mib": warm[name],
+            "end_mib": last[name],
+            "max_mib": max(mem[name] for _, mem in samples),
+            "minutes": round((samples[-1][0] - start) / 60, 1),
+        }
+        for name in services
+    }
+
+
 def pids_named(name: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -478,11 +509,13 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             state = Drill(pipeline.webhook_url, simulator_url, session)
             state.statuses = () if args.no_statuses else STATUSES
             poller = asyncio.create_task(state.poll_replies())
+            services = list(pipeline.processes)
+            samples: list[tuple[float, dict[str, float]]] = []
+            sampler = asyncio.create_task(sample_memory(meter, services, samples))
             windows: list[tuple[float, float, float]] = []
             depths: list[dict[str, int]] = []
             cpu: list[dict[str, float]] = []
             memory: list[dict[str, float]] = []
-            services = list(pipeline.processes)
             unaudited: list[int] = []
             for serial, rate in enumerate(args.rates):
                 state.step = serial
@@ -531,6 +564,7 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             if state.tasks:
                 await asyncio.wait(set(state.tasks))
             poller.cancel()
+            sampler.cancel()
             stop_profilers(profilers)
             seen, statuses, recorded = await audited(environment.database_url)
 
@@ -562,6 +596,7 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             },
             "ceilings": ceilings,
             "ingress_alone": alone,
+            "memory": memory_growth(samples, services),
             "steps": steps,
         }
     finally:
@@ -743,6 +778,19 @@ def markdown(result: dict[str, Any]) -> str:
     for step in result["steps"]:
         sizes = [f"{step['rss_mib'][name]:.1f}" for name in services]
         lines.append(f"| {cell(step['offered_per_s'])} | " + " | ".join(sizes) + " |")
+    growth = result.get("memory") or {}
+    if growth:
+        minutes = next(iter(growth.values()))["minutes"]
+        lines += [
+            "",
+            f"Memory over the whole drill ({minutes:g} min), MiB, warm (after 1 min) -> end"
+            " (max): "
+            + ", ".join(
+                f"{name} {g['warm_mib']:.0f} -> {g['end_mib']:.0f} ({g['max_mib']:.0f})"
+                for name, g in growth.items()
+            )
+            + ".",
+        ]
     lines += ["", result["final_line"]]
     if result.get("bottleneck"):
         lines += ["", result["bottleneck"]]
