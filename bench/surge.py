@@ -597,6 +597,9 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             "ceilings": ceilings,
             "ingress_alone": alone,
             "memory": memory_growth(samples, services),
+            "memory_samples": [
+                {"seconds": round(at - samples[0][0], 1), "rss_mib": mem} for at, mem in samples
+            ],
             "steps": steps,
         }
     finally:
