@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -60,6 +61,13 @@ PUBLISHED = Counter(
 )
 CONSUMED = Counter("civicline_consumed_total", "Messages consumed", ["queue", "outcome"])
 HANDLE_SECONDS = Histogram("civicline_handle_seconds", "Time to handle one message", ["queue"])
+
+
+@functools.cache
+def _published(routing_key: str, outcome: str) -> Counter:
+    # labels() takes a lock and builds a key on every call; the set of routing keys is small
+    # and fixed (our own routing keys), so each child is looked up once.
+    return PUBLISHED.labels(routing_key, outcome)
 
 
 class PublishFailed(DependencyUnavailable):
@@ -165,7 +173,7 @@ class Publisher:
         timestamp: datetime | None = None,
     ) -> None:
         if not self._broker.is_ready:
-            PUBLISHED.labels(routing_key, "unavailable").inc()
+            _published(routing_key, "unavailable").inc()
             raise PublishFailed("broker connection is not open")
         message = aio_pika.Message(
             body,
@@ -181,12 +189,15 @@ class Publisher:
             },
         )
         try:
-            exchange = await asyncio.wait_for(self._ensure_exchange(), self._timeout)
-            await exchange.publish(message, routing_key, mandatory=True, timeout=self._timeout)
+            # One deadline for the whole publish, applied in this task: given a timeout of its
+            # own, aio-pika wraps each step in wait_for, a new task per step and message.
+            async with asyncio.timeout(self._timeout):
+                exchange = self._exchange or await self._ensure_exchange()
+                await exchange.publish(message, routing_key, mandatory=True)
         except Exception as exc:
-            PUBLISHED.labels(routing_key, "failed").inc()
+            _published(routing_key, "failed").inc()
             raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc
-        PUBLISHED.labels(routing_key, "confirmed").inc()
+        _published(routing_key, "confirmed").inc()
 
     async def retry_later(
         self, message: AbstractIncomingMessage, spec: QueueSpec, attempt: int
