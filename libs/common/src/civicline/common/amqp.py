@@ -64,6 +64,11 @@ HANDLE_SECONDS = Histogram("civicline_handle_seconds", "Time to handle one messa
 
 
 @functools.cache
+def _consumed(queue: str, outcome: str) -> Counter:
+    return CONSUMED.labels(queue, outcome)
+
+
+@functools.cache
 def _published(routing_key: str, outcome: str) -> Counter:
     # labels() takes a lock and builds a key on every call; the set of routing keys is small
     # and fixed (our own routing keys), so each child is looked up once.
@@ -279,6 +284,7 @@ class Consumer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._waiting_on_outage = 0
+        self._handle_seconds = HANDLE_SECONDS.labels(spec.name)
 
     @property
     def is_consuming(self) -> bool:
@@ -327,10 +333,10 @@ class Consumer:
         outages = 0
         while True:
             try:
-                with HANDLE_SECONDS.labels(queue).time():
+                with self._handle_seconds.time():
                     await self._handler(message)
             except PoisonMessage as exc:
-                CONSUMED.labels(queue, "dead_lettered").inc()
+                _consumed(queue, "dead_lettered").inc()
                 log.error("message_dead_lettered", queue=queue, reason=str(exc))
                 await self._settle(message.reject(requeue=False))
                 return
@@ -341,15 +347,15 @@ class Consumer:
                     continue
                 if self._stopping or message.channel.is_closed:
                     # Unsettled: the broker gives it to another consumer once our channel closes.
-                    CONSUMED.labels(queue, "abandoned").inc()
+                    _consumed(queue, "abandoned").inc()
                     return
-                CONSUMED.labels(queue, "requeued").inc()
+                _consumed(queue, "requeued").inc()
                 log.exception("message_failed_will_retry", queue=queue)
                 await asyncio.sleep(self._retry_pause)
                 await self._settle(message.nack(requeue=True))
                 return
             else:
-                CONSUMED.labels(queue, "acked").inc()
+                _consumed(queue, "acked").inc()
                 await self._settle(message.ack())
                 return
 
