@@ -21,9 +21,16 @@ log = structlog.get_logger(__name__)
 
 
 class MessageSender(Protocol):
-    """What sends a Graph API message: `GraphClient`, or a rate-limited wrapper around it."""
+    """What sends a Graph API message within the number's throughput limit."""
 
-    async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult: ...
+    async def wait_for_slot(self, phone_number_id: str) -> None:
+        """Wait for the number's next send slot."""
+
+    async def send_now(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
+        """Send in the slot `wait_for_slot` gave."""
+
+    async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
+        """Both: wait for a slot, then send."""
 
 
 # How long a 'sending' claim may belong to a live responder: longer than a Graph API call

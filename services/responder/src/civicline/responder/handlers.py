@@ -60,6 +60,12 @@ def responder_handler(
         if isinstance(decision, NoReply):
             return
         state = "suppressed" if isinstance(decision, Suppress) else "sending"
+        if isinstance(decision, Send):
+            # The slot first, then the claim: a claim then lasts only as long as the Graph API
+            # call, so a responder killed while its sends wait for slots (up to a prefetch of
+            # them, at a low limit) leaves them unclaimed, answered after redelivery, instead
+            # of claimed and reported in doubt.
+            await graph.wait_for_slot(inbound.phone_number_id)
         existing = await adapters.claim_reply(pool, inbound, state)
         if existing is not None and existing.state == "sending" and existing.claim_is_live:
             # Redelivered while the handler that claimed it may still be at work (its channel
@@ -73,7 +79,7 @@ def responder_handler(
             REPLIES.labels("suppressed").inc()
             return
         try:
-            result = await graph.send(inbound.phone_number_id, decision.message)
+            result = await graph.send_now(inbound.phone_number_id, decision.message)
         except GraphError as exc:
             await _not_sent(pool, publisher, message, inbound, decision, exc, max_retries)
             return

@@ -144,17 +144,24 @@ class SendSchedule:
 
 
 class RateLimitedSender:
-    """A GraphClient whose sends wait for a slot of the shared schedule."""
+    """A GraphClient whose sends take slots of the shared schedule."""
 
     def __init__(self, graph: GraphClient, schedule: SendSchedule) -> None:
         self._graph = graph
         self._schedule = schedule
 
-    async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
+    async def wait_for_slot(self, phone_number_id: str) -> None:
         await self._schedule.wait_for_slot(phone_number_id)
+
+    async def send_now(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
+        """Send in the slot `wait_for_slot` gave; a throughput error slows the schedule."""
         try:
             return await self._graph.send(phone_number_id, message)
         except GraphError as exc:
             if exc.throttle:
                 await self._schedule.slow_down(phone_number_id)
             raise
+
+    async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
+        await self.wait_for_slot(phone_number_id)
+        return await self.send_now(phone_number_id, message)
