@@ -17,17 +17,18 @@ class Recorder:
         self.bad = bad or set()
         self.outage = outage
 
-    async def process(self, batch: Sequence[int]) -> None:
+    async def process(self, batch: Sequence[int]) -> list[int]:
         self.batches.append(list(batch))
         await asyncio.sleep(0.001)  # an I/O round trip: more items queue up meanwhile
         if self.outage:
             raise DependencyUnavailable("database unreachable")
         if self.bad & set(batch):
             raise ValueError(f"cannot store {sorted(self.bad & set(batch))}")
+        return [item * 10 for item in batch]
 
 
-async def run(recorder: Recorder, items: range, size: int) -> list[BaseException | None]:
-    batcher: Batcher[int] = Batcher(recorder.process, size=size, linger=0.01, name="test")
+async def run(recorder: Recorder, items: range, size: int) -> list[BaseException | int]:
+    batcher: Batcher[int, int] = Batcher(recorder.process, size=size, linger=0.01, name="test")
     batcher.start()
     try:
         return await asyncio.gather(*(batcher.submit(i) for i in items), return_exceptions=True)
@@ -38,7 +39,7 @@ async def run(recorder: Recorder, items: range, size: int) -> list[BaseException
 async def test_items_are_processed_in_the_order_submitted_in_bounded_batches() -> None:
     recorder = Recorder()
     outcomes = await run(recorder, range(250), size=100)
-    assert outcomes == [None] * 250
+    assert outcomes == [i * 10 for i in range(250)]  # each caller gets its own result
     assert [i for batch in recorder.batches for i in batch] == list(range(250))
     assert max(len(b) for b in recorder.batches) <= 100
     assert len(recorder.batches) < 10  # batched, not one by one
@@ -54,13 +55,13 @@ async def test_an_outage_fails_every_item_of_the_batch_without_retrying_each() -
 async def test_one_bad_item_fails_alone_and_its_batch_mates_go_through() -> None:
     recorder = Recorder(bad={3})
     outcomes = await run(recorder, range(6), size=10)
-    assert [type(o).__name__ if o else None for o in outcomes] == [
-        None,
-        None,
-        None,
+    assert [o if isinstance(o, int) else type(o).__name__ for o in outcomes] == [
+        0,
+        10,
+        20,
         "ValueError",
-        None,
-        None,
+        40,
+        50,
     ]
     # The batch, then each item alone in order.
     assert recorder.batches == [[0, 1, 2, 3, 4, 5], [0], [1], [2], [3], [4], [5]]

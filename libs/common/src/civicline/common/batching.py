@@ -1,9 +1,9 @@
 """Handlers that run concurrently hand their work to one batcher, which processes it in
 batches, one batch at a time, in the order it was handed in.
 
-A handler's `submit` returns once the batch holding its item was processed, or raises what
-stopped it, so the consumer acks, retries or dead-letters each message as before; only the
-expensive part (one transaction, one round trip per statement) is shared by the batch.
+A handler's `submit` returns its item's result once the batch holding it was processed, or
+raises what stopped it, so the consumer acks, retries or dead-letters each message as before;
+only the expensive part (one transaction, one round trip per statement) is shared.
 
 A dependency outage fails the whole batch: every handler gets the error and waits it out as
 usual. Any other error is taken as one bad item: the batch is processed again item by item, in
@@ -24,21 +24,24 @@ from civicline.common.failures import is_outage
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
-def _settle(done: asyncio.Future[None], outcome: BaseException | None) -> None:
+def _settle(done: asyncio.Future[R], outcome: BaseException | R) -> None:
     if done.done():  # the handler was cancelled meanwhile (a shutdown that timed out)
         return
-    if outcome is None:
-        done.set_result(None)
-    else:
+    if isinstance(outcome, BaseException):
         done.set_exception(outcome)
+    else:
+        done.set_result(outcome)
 
 
-class Batcher(Generic[T]):
+class Batcher(Generic[T, R]):
+    """`process` takes a batch and returns one result per item, in order."""
+
     def __init__(
         self,
-        process: Callable[[Sequence[T]], Awaitable[None]],
+        process: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
         *,
         size: int,
         linger: float,
@@ -50,7 +53,7 @@ class Batcher(Generic[T]):
         self._size = size
         self._linger = linger
         self._name = name
-        self._pending: list[tuple[T, asyncio.Future[None]]] = []
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._has_work = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -59,23 +62,25 @@ class Batcher(Generic[T]):
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"batcher-{self._name}")
 
-    async def submit(self, item: T) -> None:
+    async def submit(self, item: T) -> R:
         """Queue `item` (before any await, so items keep the order of the calls) and wait
-        until its batch has been processed."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        until its batch has been processed; returns its result."""
+        done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, done))
         self._has_work.set()
         if len(self._pending) >= self._size:
             self._full.set()
-        await done
+        return await done
 
     async def _run(self) -> None:
         while True:
             await self._has_work.wait()
             # Linger briefly so items arriving together share one batch; while a batch is
-            # being processed the next one fills up by itself.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self._linger)
+            # being processed the next one fills up by itself (with no linger, that is the
+            # only batching: a lone item goes at once, like a group commit).
+            if self._linger > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._linger)
             batch = self._pending[: self._size]
             del self._pending[: self._size]
             if len(self._pending) < self._size:
@@ -84,9 +89,9 @@ class Batcher(Generic[T]):
                 self._has_work.clear()
             await self._run_batch(batch)
 
-    async def _run_batch(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
+    async def _run_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
-            await self._process([item for item, _ in batch])
+            results = await self._process([item for item, _ in batch])
         except Exception as exc:
             if is_outage(exc) or len(batch) == 1:
                 for _, done in batch:
@@ -100,14 +105,14 @@ class Batcher(Generic[T]):
             )
             for item, done in batch:
                 try:
-                    await self._process([item])
+                    [result] = await self._process([item])
                 except Exception as single:
                     _settle(done, single)
                 else:
-                    _settle(done, None)
+                    _settle(done, result)
         else:
-            for _, done in batch:
-                _settle(done, None)
+            for (_, done), result in zip(batch, results, strict=True):
+                _settle(done, result)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -3,7 +3,7 @@ idempotency key) and the away notice, claimed once per conversation before it is
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -12,10 +12,12 @@ import asyncpg
 import structlog
 
 from civicline.common.amqp import Publisher, delivery_id
+from civicline.common.batching import Batcher
 from civicline.common.envelope import utc_now
 from civicline.common.topology import OUTBOUND_FAILED, OUTBOUND_IN_DOUBT, OUTBOUND_SENT
 from civicline.responder.core import SERVICE_WINDOW, Away, InboundRef, away_event
 from civicline.responder.graph import GraphError, SendResult
+from civicline.responder.throttle import Slot
 
 log = structlog.get_logger(__name__)
 
@@ -23,10 +25,12 @@ log = structlog.get_logger(__name__)
 class MessageSender(Protocol):
     """What sends a Graph API message within the number's throughput limit."""
 
-    async def wait_for_slot(self, phone_number_id: str) -> None:
+    async def wait_for_slot(self, phone_number_id: str) -> Slot:
         """Wait for the number's next send slot."""
 
-    async def send_now(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
+    async def send_now(
+        self, phone_number_id: str, message: Mapping[str, Any], slot: Slot
+    ) -> SendResult:
         """Send in the slot `wait_for_slot` gave."""
 
     async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
@@ -48,45 +52,138 @@ class LedgerEntry:
     claim_is_live: bool = False
 
 
-async def claim_reply(pool: asyncpg.Pool, inbound: InboundRef, state: str) -> LedgerEntry | None:
-    """Write the ledger row; None if we own the reply now, else the row that was already there."""
-    async with pool.acquire() as connection:
-        inserted = await connection.fetchval(
-            """INSERT INTO reply_ledger
-                   (inbound_message_id, phone_number_id, recipient, state, claimed_by)
-               VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true""",
-            inbound.wamid,
-            inbound.phone_number_id,
-            inbound.recipient,
-            state,
-            delivery_id.get() or None,
-        )
-        if inserted:
-            return None
-        row = await connection.fetchrow(
-            """SELECT state, wamid, error_code, claimed_by,
-                      updated_at > now() - make_interval(secs => $2) AS claim_is_live
-               FROM reply_ledger WHERE inbound_message_id = $1""",
-            inbound.wamid,
-            float(REPLY_LEASE_SECONDS),
-        )
-    assert row is not None
-    if row["state"] == "sending" and row["claimed_by"] and row["claimed_by"] == delivery_id.get():
+@dataclass(frozen=True, slots=True)
+class Claim:
+    inbound: InboundRef
+    state: str
+    delivery: str  # the consumer's delivery id, to recognise our own claim on a retry
+
+
+def claim_outcome(row: Mapping[str, Any], delivery: str) -> LedgerEntry | None:
+    """None if this claim owns the reply now, else the ledger row that was already there."""
+    if row["inserted"]:
+        return None
+    if row["state"] == "sending" and row["claimed_by"] and row["claimed_by"] == delivery:
         return None  # our own claim, whose INSERT committed though its answer was lost
     return LedgerEntry(row["state"], row["wamid"], row["error_code"], row["claim_is_live"])
 
 
-async def settle_reply(
-    pool: asyncpg.Pool, wamid: str, *, state: str, sent_wamid: str | None, error_code: int | None
-) -> None:
-    await pool.execute(
-        """UPDATE reply_ledger SET state = $2, wamid = $3, error_code = $4, updated_at = now()
-           WHERE inbound_message_id = $1""",
-        wamid,
-        state,
-        sent_wamid,
-        error_code,
-    )
+# A second claim of one message within a batch (its turn should make that impossible): it
+# waits, as for any live claim, and retries after the first one's outcome is recorded.
+CLAIMED_IN_THIS_BATCH = LedgerEntry("sending", None, None, claim_is_live=True)
+
+_CLAIM = """
+    WITH input AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+            AS i(inbound_message_id, phone_number_id, recipient, state, claimed_by)),
+    inserted AS (
+        INSERT INTO reply_ledger
+            (inbound_message_id, phone_number_id, recipient, state, claimed_by)
+        SELECT * FROM input ON CONFLICT DO NOTHING RETURNING inbound_message_id)
+    SELECT i.inbound_message_id, ins.inbound_message_id IS NOT NULL AS inserted,
+           l.state, l.wamid, l.error_code, l.claimed_by,
+           l.updated_at > now() - make_interval(secs => $6) AS claim_is_live
+    FROM input i
+    LEFT JOIN inserted ins USING (inbound_message_id)
+    LEFT JOIN reply_ledger l ON l.inbound_message_id = i.inbound_message_id"""
+
+# Rows another transaction committed while ours ran are not in our statement's snapshot:
+# read them again, in a new one.
+_READ = """
+    SELECT inbound_message_id, false AS inserted, state, wamid, error_code, claimed_by,
+           updated_at > now() - make_interval(secs => $2) AS claim_is_live
+    FROM reply_ledger WHERE inbound_message_id = ANY($1::text[])"""
+
+_SETTLE = """
+    UPDATE reply_ledger AS l
+    SET state = u.state, wamid = u.wamid, error_code = u.error_code, updated_at = now()
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])
+        AS u(inbound_message_id, state, wamid, error_code)
+    WHERE l.inbound_message_id = u.inbound_message_id"""
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    wamid: str
+    state: str
+    sent_wamid: str | None
+    error_code: int | None
+
+
+class ReplyLedger:
+    """The reply ledger, written by concurrent handlers through two batchers: the claims
+    pending at one moment share one statement, and so do the settlements (a group commit;
+    a lone claim goes at once). Each handler still gets its own answer."""
+
+    def __init__(self, pool: asyncpg.Pool, *, batch_size: int = 64) -> None:
+        self._pool = pool
+        self._claims: Batcher[Claim, LedgerEntry | None] = Batcher(
+            self._claim_batch, size=batch_size, linger=0, name="reply-claims"
+        )
+        self._settlements: Batcher[Settlement, None] = Batcher(
+            self._settle_batch, size=batch_size, linger=0, name="reply-settlements"
+        )
+
+    def start(self) -> None:
+        self._claims.start()
+        self._settlements.start()
+
+    async def close(self) -> None:
+        await self._claims.close()
+        await self._settlements.close()
+
+    async def claim(self, inbound: InboundRef, state: str) -> LedgerEntry | None:
+        """Write the ledger row; None if we own the reply now, else the row already there."""
+        return await self._claims.submit(Claim(inbound, state, delivery_id.get()))
+
+    async def settle(
+        self, wamid: str, *, state: str, sent_wamid: str | None, error_code: int | None
+    ) -> None:
+        await self._settlements.submit(Settlement(wamid, state, sent_wamid, error_code))
+
+    async def release(self, wamid: str) -> None:
+        await release_reply(self._pool, wamid)
+
+    async def _claim_batch(self, claims: Sequence[Claim]) -> list[LedgerEntry | None]:
+        first: dict[str, Claim] = {}
+        for claim in claims:
+            first.setdefault(claim.inbound.wamid, claim)
+        unique = list(first.values())
+        lease = float(REPLY_LEASE_SECONDS)
+        rows = {
+            row["inbound_message_id"]: row
+            for row in await self._pool.fetch(
+                _CLAIM,
+                [c.inbound.wamid for c in unique],
+                [c.inbound.phone_number_id for c in unique],
+                [c.inbound.recipient for c in unique],
+                [c.state for c in unique],
+                [c.delivery or None for c in unique],
+                lease,
+            )
+        }
+        unseen = [key for key, row in rows.items() if not row["inserted"] and row["state"] is None]
+        if unseen:
+            rows |= {
+                row["inbound_message_id"]: row
+                for row in await self._pool.fetch(_READ, unseen, lease)
+            }
+        return [
+            claim_outcome(rows[claim.inbound.wamid], claim.delivery)
+            if first[claim.inbound.wamid] is claim
+            else CLAIMED_IN_THIS_BATCH
+            for claim in claims
+        ]
+
+    async def _settle_batch(self, settlements: Sequence[Settlement]) -> list[None]:
+        await self._pool.execute(
+            _SETTLE,
+            [s.wamid for s in settlements],
+            [s.state for s in settlements],
+            [s.sent_wamid for s in settlements],
+            [s.error_code for s in settlements],
+        )
+        return [None] * len(settlements)
 
 
 async def release_reply(pool: asyncpg.Pool, wamid: str) -> None:

@@ -39,6 +39,7 @@ class ReplyInProgress(DependencyUnavailable):
 
 def responder_handler(
     pool: asyncpg.Pool,
+    ledger: adapters.ReplyLedger,
     publisher: Publisher,
     graph: MessageSender,
     catalog: Catalog,
@@ -60,13 +61,16 @@ def responder_handler(
         if isinstance(decision, NoReply):
             return
         state = "suppressed" if isinstance(decision, Suppress) else "sending"
-        if isinstance(decision, Send):
-            # The slot first, then the claim: a claim then lasts only as long as the Graph API
-            # call, so a responder killed while its sends wait for slots (up to a prefetch of
-            # them, at a low limit) leaves them unclaimed, answered after redelivery, instead
-            # of claimed and reported in doubt.
+        # The slot first, then the claim: a claim then lasts only as long as the Graph API
+        # call, so a responder killed while its sends wait for slots (up to a prefetch of
+        # them, at a low limit) leaves them unclaimed, answered after redelivery, instead of
+        # claimed and reported in doubt.
+        slot = (
             await graph.wait_for_slot(inbound.phone_number_id)
-        existing = await adapters.claim_reply(pool, inbound, state)
+            if isinstance(decision, Send)
+            else None
+        )
+        existing = await ledger.claim(inbound, state)
         if existing is not None and existing.state == "sending" and existing.claim_is_live:
             # Redelivered while the handler that claimed it may still be at work (its channel
             # died, not its process): wait for that outcome rather than call it in doubt.
@@ -78,16 +82,17 @@ def responder_handler(
             await publisher.publish_envelope(suppressed_event(inbound, decision.reason, utc_now()))
             REPLIES.labels("suppressed").inc()
             return
+        assert slot is not None  # taken above for every Send
         try:
-            result = await graph.send_now(inbound.phone_number_id, decision.message)
+            result = await graph.send_now(inbound.phone_number_id, decision.message, slot)
         except GraphError as exc:
-            await _not_sent(pool, publisher, message, inbound, decision, exc, max_retries)
+            await _not_sent(ledger, publisher, message, inbound, decision, exc, max_retries)
             return
         # Meta has the message: from here on only an outage may delay the record, never
         # make us forget that it was sent (a redelivery would then call it in doubt).
         await outlast_outage(
-            lambda: adapters.settle_reply(
-                pool, inbound.wamid, state="sent", sent_wamid=result.wamid, error_code=None
+            lambda: ledger.settle(
+                inbound.wamid, state="sent", sent_wamid=result.wamid, error_code=None
             ),
             what="reply ledger",
         )
@@ -106,7 +111,7 @@ def responder_handler(
 
 
 async def _not_sent(
-    pool: asyncpg.Pool,
+    ledger: adapters.ReplyLedger,
     publisher: Publisher,
     message: AbstractIncomingMessage,
     inbound: InboundRef,
@@ -125,14 +130,12 @@ async def _not_sent(
     if exc.retryable and attempt <= max_retries:
         # Meta did not take it: free the claim and try again after a delay, without holding
         # a prefetch slot meanwhile.
-        await adapters.release_reply(pool, inbound.wamid)
+        await ledger.release(inbound.wamid)
         await publisher.retry_later(message, RESPONDER_MESSAGES, attempt)
         REPLIES.labels("retry").inc()
         log.info("reply_retry_later", attempt=attempt, error=str(exc))
         return
-    await adapters.settle_reply(
-        pool, inbound.wamid, state="failed", sent_wamid=None, error_code=exc.code
-    )
+    await ledger.settle(inbound.wamid, state="failed", sent_wamid=None, error_code=exc.code)
     await publisher.publish_envelope(failed_event(inbound, send, exc.as_payload(), utc_now()))
     REPLIES.labels("failed").inc()
     log.warning("reply_failed", error=str(exc), attempts=attempt)

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -27,15 +28,23 @@ from civicline.responder.graph import GraphClient, GraphError, SendResult
 log = structlog.get_logger(__name__)
 
 THROTTLED = Counter("civicline_responder_throttled_total", "Throughput errors from Meta")
+MISSED_SLOTS = Counter(
+    "civicline_responder_missed_slots_total", "Send slots given up because the send was late"
+)
 
-# Slots are spaced for this share of the configured limit, so jitter between our clock and
-# Meta's never puts one message too many into a second.
-HEADROOM = 0.95
+# Slots are spaced for this share of the configured limit, so a send's lateness (at most
+# MAX_LATENESS) and its jitter on the way to Meta, up to ~10 % of a second together, never put
+# one message too many into a second.
+HEADROOM = 0.9
 # Slots reserved per round trip to Postgres: fewer round trips, while a replica that stops
 # sending wastes at most this many slots (or 50 ms of the limit, when that is more).
 RESERVATION = 8
-# How late after its slot a send may still go (see SendSchedule.wait_for_slot).
-MAX_LATENESS = 0.025
+# How late after its slot a send may still go (see SendSchedule.go).
+MAX_LATENESS = 0.05
+# How long before its slot a reply is handed over for its ledger claim (RateLimitedSender).
+CLAIM_LEAD = 0.05
+# How long before its slot a waiter lets the next one take a slot (SendSchedule.take_slot).
+HANDOVER = 0.1
 PENALTY_SECONDS = 1.0
 MAX_SLOWDOWN = 16.0
 RECOVERY_HALF_LIFE_SECONDS = 10.0
@@ -45,6 +54,12 @@ def slot_times(start: datetime, spacing: float, count: int) -> list[float]:
     """Unix times of `count` send slots from `start`, `spacing` seconds apart."""
     first = start.timestamp()
     return [first + i * spacing for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    at: float  # Unix time the send is due
+    epoch: int  # the schedule's throttling epoch it was given in
 
 
 class SendSchedule:
@@ -58,44 +73,54 @@ class SendSchedule:
             collections.deque
         )
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
-        self._last: dict[str, float] = collections.defaultdict(float)
         self._epochs: dict[str, int] = collections.defaultdict(int)
 
     async def wait_for_slot(self, phone_number_id: str) -> None:
-        """Return at this replica's next slot of the shared schedule.
-
-        Each waiter takes its slot in turn and sleeps until it on its own, so many sends are
-        in flight at once. A sender that wakes within MAX_LATENESS of its slot goes: slots are
-        spaced for 95 % of the limit, so shifting some by up to 25 ms still fits every
-        one-second window. One woken later (a stalled event loop) must not go together with
-        the senders behind it: it keeps at least one interval from this replica's previous
-        send, as a fully serialised sender would.
-        """
-        lock = self._locks[phone_number_id]
+        """Return at this replica's next slot of the shared schedule, ready to send."""
         while True:
-            async with lock:
-                slots = self._slots[phone_number_id]
-                # A slot left unused is lost capacity, never a reason to burst.
-                while slots and slots[0] < time.time() - MAX_LATENESS:
-                    slots.popleft()
-                if not slots:
-                    slots.extend(await self._reserve(phone_number_id, self._reservation))
-                send_at = slots.popleft()
-                epoch = self._epochs[phone_number_id]
-            if (delay := send_at - time.time()) > 0:
-                await asyncio.sleep(delay)
-            if time.time() - send_at > MAX_LATENESS:
-                async with lock:
-                    gap = self._last[phone_number_id] + self._interval - time.time()
-                    if gap > 0:
-                        await asyncio.sleep(gap)
-                    self._last[phone_number_id] = time.time()
-            else:
-                self._last[phone_number_id] = max(self._last[phone_number_id], time.time())
-            if self._epochs[phone_number_id] == epoch:
+            slot = await self.take_slot(phone_number_id)
+            if self.go(phone_number_id, slot):
                 return
-            # Meta throttled us while we waited: this slot is void, take one from the new,
-            # slower schedule.
+
+    async def take_slot(self, phone_number_id: str, *, early: float = 0.0) -> Slot:
+        """This replica's next slot, returned `early` seconds before it is due.
+
+        Waiters take slots one at a time, in turn: each holds the number's lock until
+        HANDOVER before its slot, then sleeps the rest on its own. So sends go out in the
+        evenly spaced slots however late any one waiter wakes (the next slot is not counted
+        from the last send), while at most HANDOVER's worth of slots is ever taken and not yet
+        used: all that a throughput error voids, or a crash wastes. Call `go` right before
+        sending in the slot.
+        """
+        async with self._locks[phone_number_id]:
+            slots = self._slots[phone_number_id]
+            # A slot left unused is lost capacity, never a reason to burst.
+            while slots and slots[0] < time.time() - MAX_LATENESS:
+                slots.popleft()
+            if not slots:
+                slots.extend(await self._reserve(phone_number_id, self._reservation))
+            slot = Slot(slots.popleft(), self._epochs[phone_number_id])
+            if (delay := slot.at - HANDOVER - time.time()) > 0:
+                await asyncio.sleep(delay)
+        if (delay := slot.at - early - time.time()) > 0:
+            await asyncio.sleep(delay)
+        return slot
+
+    def go(self, phone_number_id: str, slot: Slot) -> bool:
+        """Whether to send now in `slot`; False: the slot is void, take another.
+
+        A send within MAX_LATENESS of its slot goes: slots are spaced for 90 % of the limit,
+        so shifting each by up to 50 ms, plus the jitter of the way to Meta, still fits every
+        one-second window. A later one (a stalled event loop, a slow write between slot and
+        send) gives its slot up: sending late in it could bunch with the sends behind it, on
+        this replica or another. So does a slot given before Meta throttled us.
+        """
+        if self._epochs[phone_number_id] != slot.epoch:
+            return False
+        if time.time() - slot.at > MAX_LATENESS:
+            MISSED_SLOTS.inc()
+            return False
+        return True
 
     async def _reserve(self, phone_number_id: str, count: int) -> list[float]:
         async with self._pool.acquire() as connection, connection.transaction():
@@ -150,11 +175,20 @@ class RateLimitedSender:
         self._graph = graph
         self._schedule = schedule
 
-    async def wait_for_slot(self, phone_number_id: str) -> None:
-        await self._schedule.wait_for_slot(phone_number_id)
+    async def wait_for_slot(self, phone_number_id: str) -> Slot:
+        """A slot, returned CLAIM_LEAD seconds before it is due: time for the caller's ledger
+        write, which then happens just before the send instead of while waiting for it."""
+        return await self._schedule.take_slot(phone_number_id, early=CLAIM_LEAD)
 
-    async def send_now(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
-        """Send in the slot `wait_for_slot` gave; a throughput error slows the schedule."""
+    async def send_now(
+        self, phone_number_id: str, message: Mapping[str, Any], slot: Slot
+    ) -> SendResult:
+        """Send in `slot` (or, if it went void meanwhile, a fresh one); a throughput error
+        slows the schedule."""
+        if (early := slot.at - time.time()) > 0:
+            await asyncio.sleep(early)
+        while not self._schedule.go(phone_number_id, slot):
+            slot = await self._schedule.take_slot(phone_number_id)
         try:
             return await self._graph.send(phone_number_id, message)
         except GraphError as exc:
@@ -163,5 +197,5 @@ class RateLimitedSender:
             raise
 
     async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
-        await self.wait_for_slot(phone_number_id)
-        return await self.send_now(phone_number_id, message)
+        slot = await self.wait_for_slot(phone_number_id)
+        return await self.send_now(phone_number_id, message, slot)

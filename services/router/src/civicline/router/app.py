@@ -17,7 +17,7 @@ from civicline.router.rules import load_rules
 def create_app(settings: Settings) -> web.Application:
     # Loaded before anything connects: a broken rules file stops the start with its error.
     rules = load_rules(settings.router_rules_path)
-    batchers: list[Batcher[Delivered]] = []
+    batchers: list[Batcher[Delivered, None]] = []
 
     async def build_handler(runtime: Runtime) -> MessageHandler:
         batcher = router_batcher(

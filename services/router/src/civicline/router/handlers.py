@@ -42,8 +42,8 @@ BATCH_SIZE = Histogram(
 
 def router_batcher(
     pool: asyncpg.Pool, publisher: Publisher, rules: Rules, *, size: int, linger: float
-) -> Batcher[Delivered]:
-    async def route(batch: Sequence[Delivered]) -> None:
+) -> Batcher[Delivered, None]:
+    async def route(batch: Sequence[Delivered]) -> list[None]:
         async with pool.acquire() as connection, connection.transaction():
             unseen = await adapters.claim_unseen(connection, dedup_keys(batch))
             contacts = await adapters.lock_contacts(connection, contacts_needed(batch, unseen))
@@ -57,6 +57,7 @@ def router_batcher(
         for event in plan.events:
             ROUTED.labels(event.kind).inc()
         log.info("webhooks_routed", webhooks=len(batch), events=len(plan.events))
+        return [None] * len(batch)
 
     return Batcher(route, size=size, linger=linger, name="router")
 
@@ -75,7 +76,7 @@ async def publish_lanes(publisher: Publisher, lanes: Sequence[Sequence[Envelope]
             raise outcome
 
 
-def router_handler(publisher: Publisher, batcher: Batcher[Delivered]) -> MessageHandler:
+def router_handler(publisher: Publisher, batcher: Batcher[Delivered, None]) -> MessageHandler:
     async def handle(message: AbstractIncomingMessage) -> None:
         raw_event_id = message.message_id or ""
         received_at = _received_at(message.headers)
