@@ -20,6 +20,8 @@ def pseudonymise(citizen: str) -> bytes:
     [
         ({"since": "yesterday"}, "RFC 3339"),
         ({"since": "2026-07-18T00:00:00"}, "UTC offset"),
+        ({"since": "9999-12-31T23:59:59-23:59"}, "between"),
+        ({"until": "0001-01-01T00:00:00+01:00"}, "between"),
         ({"since": "2026-07-18T00:00:00Z", "until": "2026-07-17T00:00:00Z"}, "later than"),
         ({"kind": "message voting"}, "routing key"),
         ({"kind": ""}, "1 to 512"),

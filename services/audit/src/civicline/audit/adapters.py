@@ -156,6 +156,10 @@ async def _sealing(
     return Sealing(subjects, await live_data_keys(connection, every, keys, create=True))
 
 
+def _array_literal(elements: Iterable[str]) -> str:
+    return "{" + ",".join(elements) + "}"
+
+
 async def _append_locked(
     connection: asyncpg.Connection,
     locked: _LockedLog,
@@ -178,14 +182,10 @@ async def _append_locked(
                                   key_ids, sealed_payload)
            SELECT seq, event_id, kind, occurred_at, $1::timestamptz, correlation_id,
                   schema_version, payload::json, raw_body, signature, leaf_hash,
-                  $12::smallint, intent, audit_split_bytes(subjects, 32),
-                  ARRAY(SELECT encode(k, 'hex')::uuid
-                        FROM unnest(audit_split_bytes(key_ids, 16))
-                             WITH ORDINALITY AS u(k, o) ORDER BY o),
-                  sealed_payload
+                  $12::smallint, intent, subjects::bytea[], key_ids::uuid[], sealed_payload
            FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[],
                        $6::text[], $7::int[], $8::text[], $9::bytea[], $10::text[],
-                       $11::bytea[], $13::text[], $14::bytea[], $15::bytea[],
+                       $11::bytea[], $13::text[], $14::text[], $15::text[],
                        $16::bytea[])
                 AS t(seq, event_id, kind, occurred_at, correlation_id,
                      schema_version, payload, raw_body, signature, leaf_hash,
@@ -203,8 +203,10 @@ async def _append_locked(
         [r.leaf_hash for r in rows],
         SEALED_VERSION,
         [r.entry.intent for r in rows],
-        [b"".join(r.entry.subjects) for r in rows],
-        [b"".join(k.bytes for k in r.entry.key_ids) for r in rows],
+        # Arrays of arrays cannot be unnested row by row: each row's list goes as an array
+        # literal, cast back per row.
+        [_array_literal(f'"\\\\x{s.hex()}"' for s in r.entry.subjects) for r in rows],
+        [_array_literal(str(k) for k in r.entry.key_ids) for r in rows],
         [r.entry.sealed_payload for r in rows],
     )
     await _store_subtrees(connection, locked.tree.extend(r.leaf_hash for r in rows))

@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -77,9 +77,13 @@ def parse_time(value: str, name: str) -> datetime:
         ) from None
     if instant.tzinfo is None:
         raise BadRequest(f"{name} must carry a UTC offset (e.g. Z), got {value!r}")
-    if not 1970 <= instant.year <= 9999:
-        raise BadRequest(f"{name} is out of range")
-    return instant
+    try:
+        utc = instant.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not 1970 <= utc.year <= 9998:
+        raise BadRequest(f"{name} must be between 1970 and 9998")
+    return utc
 
 
 def _time(params: Mapping[str, str], name: str) -> datetime | None:

@@ -34,15 +34,6 @@ LANGUAGE sql IMMUTABLE AS $$
                      FROM unnest(parts) WITH ORDINALITY AS u(p, o)), ''::bytea)
 $$;
 
--- The writer sends each row's subjects (and key ids) packed end to end in one bytea, as
--- arrays of arrays cannot be unnested row by row.
-CREATE FUNCTION audit_split_bytes(packed bytea, width integer) RETURNS bytea[]
-LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT coalesce(array_agg(substring(packed FROM i * width + 1 FOR width) ORDER BY i),
-                    '{}'::bytea[])
-    FROM generate_series(0, octet_length(packed) / width - 1) AS i
-$$;
-
 -- Encoding v1 as in 0004; v2 as docs/audit-log.md specifies and civicline.audit.canonical builds.
 CREATE OR REPLACE FUNCTION audit_leaf_hash(entry audit_log) RETURNS bytea
 LANGUAGE sql STABLE AS $$
