@@ -444,6 +444,15 @@ async def test_a_citizens_conversations(setup: Setup) -> None:
     assert second["classification"]["intent"] == "report_abuse"
     assert [h["kind"] for h in second["handoffs"]] == ["handoff.protection"]
     status, page = await call(
+        setup,
+        "/v1/conversations",
+        token=setup.auditor,
+        params={"intent": "report_abuse", "since": START.isoformat()},
+    )
+    [abuse] = page["conversations"]
+    assert abuse["message"]["correlation_id"] == "wamid.alice.2"
+    assert [r["payload"]["wamid"] for r in abuse["replies"]] == ["wamid.alice.2.reply"]
+    status, page = await call(
         setup, "/v1/conversations", token=setup.auditor, params={"message": "wamid.bob.1"}
     )
     [bob] = page["conversations"]

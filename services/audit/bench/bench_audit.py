@@ -98,7 +98,9 @@ def milliseconds(samples: list[float]) -> str:
     return f"median {statistics.median(ordered) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
 
 
-async def append_all(pool: asyncpg.Pool, events: int, batch: int, writers: int) -> float:
+async def append_all(
+    pool: asyncpg.Pool, events: int, batch: int, writers: int, keys: PrivacyKeys | None
+) -> float:
     remaining = events
     lock = asyncio.Lock()
     done = 0
@@ -113,7 +115,7 @@ async def append_all(pool: asyncpg.Pool, events: int, batch: int, writers: int) 
                 remaining -= take
             if take == 0:
                 return
-            await append_batch(pool, records(take), KEYS)
+            await append_batch(pool, records(take), keys)
             done += take
             now = time.perf_counter()
             if now - last_report > 10:
@@ -194,6 +196,9 @@ async def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--skip-verify", action="store_true")
     parser.add_argument("--queries", type=int, default=200, help="samples per API query")
+    parser.add_argument(
+        "--in-clear", action="store_true", help="append without pseudonyms and sealing"
+    )
     args = parser.parse_args()
 
     name = f"civicline_bench_{secrets.token_hex(3)}"
@@ -206,7 +211,8 @@ async def main() -> None:
         pool = await asyncpg.create_pool(url, min_size=args.writers, max_size=args.writers + 1)
 
         print(f"appending {args.events} events, batches of {args.batch}, {args.writers} writers")
-        rate = await append_all(pool, args.events, args.batch, args.writers)
+        keys = None if args.in_clear else KEYS
+        rate = await append_all(pool, args.events, args.batch, args.writers, keys)
         print(f"append rate: {rate:.0f} events/s")
 
         signer = Signer.generate("bench.civicline.example/audit")

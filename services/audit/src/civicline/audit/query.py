@@ -41,7 +41,7 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
     "tree_heads": ("cursor", "limit"),
     "consistency": ("first", "second"),
     "export": ("since", "until", "from_seq", "to_seq"),
-    "conversations": ("citizen", "message", "since", "until", "cursor", "limit"),
+    "conversations": ("citizen", "message", "intent", "since", "until", "cursor", "limit"),
     "erasures": (),
     "openapi": (),
 }
@@ -188,6 +188,13 @@ def _kind(params: Mapping[str, str]) -> str | None:
     return kind
 
 
+def _intent(params: Mapping[str, str]) -> str | None:
+    intent = _text(params, "intent")
+    if intent is not None and not _KIND.fullmatch(intent):
+        raise BadRequest(f"intent must be a word such as report_abuse, got {intent!r}")
+    return intent
+
+
 def _range(params: Mapping[str, str]) -> tuple[datetime | None, datetime | None]:
     since, until = _time(params, "since"), _time(params, "until")
     if since is not None and until is not None and until <= since:
@@ -198,9 +205,7 @@ def _range(params: Mapping[str, str]) -> tuple[datetime | None, datetime | None]
 def parse_event_filter(params: Mapping[str, str], pseudonymise: Pseudonymise | None) -> EventFilter:
     since, until = _range(params)
     correlation = _text(params, "correlation_id")
-    intent = _text(params, "intent")
-    if intent is not None and not _KIND.fullmatch(intent):
-        raise BadRequest(f"intent must be a word such as report_abuse, got {intent!r}")
+    intent = _intent(params)
     return EventFilter(
         subject=_subject(params, pseudonymise),
         kind=_kind(params),
@@ -214,14 +219,20 @@ def parse_event_filter(params: Mapping[str, str], pseudonymise: Pseudonymise | N
 def parse_conversation_filter(
     params: Mapping[str, str], pseudonymise: Pseudonymise | None
 ) -> EventFilter:
-    """Inbound messages (`message.*`) of a citizen, or the one with a message id (wamid)."""
+    """Inbound messages (`message.*`) of a citizen, of an intent, or the one with a message id
+    (wamid): "every abuse report last week and the reply each got"."""
     subject = _subject(params, pseudonymise)
     message = _text(params, "message")
-    if subject is None and message is None:
-        raise BadRequest("give citizen (a phone number or user id) or message (a wamid)")
+    intent = _intent(params)
+    if subject is None and message is None and intent is None:
+        raise BadRequest(
+            "give citizen (a phone number or user id), intent (e.g. report_abuse) or message "
+            "(a wamid)"
+        )
     since, until = _range(params)
     return EventFilter(
         subject=subject,
+        intent=intent,
         kind_prefix="message.",
         since=since,
         until=until,
