@@ -75,7 +75,7 @@ def scans(plan: dict[str, Any]) -> list[tuple[str, str | None]]:
         # a rare kind: either index on kind serves it
         (EventFilter(kind="outbound.failed"), "audit_log_kind_"),
         (EventFilter(intent="report_abuse"), "audit_log_intent_seq_idx"),
-        (EventFilter(correlation_ids=("wamid.77",)), "audit_log_correlation_idx"),
+        (EventFilter(correlation_ids=("wamid.77",)), "audit_log_correlation_seq_idx"),
         (
             EventFilter(
                 since=START + timedelta(days=2), until=START + timedelta(days=2, minutes=30)

@@ -154,7 +154,10 @@ class EventFilter:
             add("occurred_at >= {}", self.since)
         if self.until is not None:
             add("occurred_at < {}", self.until)
-        if self.correlation_ids:
+        if len(self.correlation_ids) == 1:
+            # Equality, so (correlation_id, seq) hands the rows over already in page order.
+            add("correlation_id = {}", self.correlation_ids[0])
+        elif self.correlation_ids:
             add("correlation_id = ANY({}::text[])", list(self.correlation_ids))
         return " AND ".join(clauses), args
 
@@ -163,7 +166,18 @@ def page_sql(columns: str, selected: EventFilter, after: int, limit: int) -> tup
     """The query of one page: the filter, keyset after a seq, one row more than the page to
     know whether another follows."""
     where, args = selected.where(after)
-    sql = f"SELECT {columns} FROM audit_log WHERE {where} ORDER BY seq LIMIT {int(limit) + 1}"  # noqa: S608 (filters are bound parameters)
+    page = f"ORDER BY seq LIMIT {int(limit) + 1}"
+    if selected.subject is not None:
+        # A citizen's events are taken from the GIN index as a set, then ordered. Left to
+        # itself the planner may walk the log in seq order testing each row, betting the LIMIT
+        # stops it early; for a citizen with few events that reads the whole log (measured:
+        # 586 ms median at 1M events, against milliseconds this way).
+        sql = (
+            f"WITH matched AS MATERIALIZED (SELECT seq FROM audit_log WHERE {where}) "  # noqa: S608 (filters are bound parameters)
+            f"SELECT {columns} FROM audit_log WHERE seq IN (SELECT seq FROM matched) {page}"
+        )
+    else:
+        sql = f"SELECT {columns} FROM audit_log WHERE {where} {page}"  # noqa: S608 (filters are bound parameters)
     return sql, args
 
 

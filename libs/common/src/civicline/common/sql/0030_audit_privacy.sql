@@ -22,6 +22,9 @@ ALTER TABLE audit_log
 
 -- What the query API filters on, each ordered by seq for keyset pagination.
 CREATE INDEX audit_log_subjects_idx ON audit_log USING gin (subjects);
+-- (correlation_id, seq) serves what 0001's (correlation_id) did, and pages in seq order.
+DROP INDEX audit_log_correlation_idx;
+CREATE INDEX audit_log_correlation_seq_idx ON audit_log (correlation_id, seq);
 CREATE INDEX audit_log_kind_seq_idx ON audit_log (kind, seq);
 CREATE INDEX audit_log_intent_seq_idx ON audit_log (intent, seq) WHERE intent IS NOT NULL;
 CREATE INDEX audit_log_occurred_idx ON audit_log (occurred_at);
