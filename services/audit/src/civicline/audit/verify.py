@@ -81,8 +81,7 @@ class Report:
             proven = "proven" if self.verified_size else "NOT proven"
             result.append(
                 f"{verdict}: events {self.first_seq} to {end - 1} ({self.events} events) are "
-                f"{proven} by a signed tree head of {self.verified_size or '?'} events "
-                f"({self.heads_checked} heads checked)"
+                f"{proven} by the signed tree head of {self.verified_size or '?'} events"
             )
             return result
         result.append(
