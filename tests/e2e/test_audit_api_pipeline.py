@@ -5,7 +5,9 @@ then the citizen asks to be forgotten, and the log still verifies."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +130,22 @@ async def test_an_auditor_finds_a_conversation_by_number_and_the_citizen_is_forg
         "verify", "--public-key", str(public), env={"CIVICLINE_DATABASE_URL": database_url}
     )
     assert code == 0, output
+
+    # The README's "export a day, and verify it", with the CLI, offline.
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    day = tmp_path / "day.ndjson"
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {auditor}"}) as session,
+        session.get(
+            f"http://127.0.0.1:{pipeline.ports['audit']}/v1/export",
+            params={"since": today.isoformat(), "until": (today + timedelta(days=1)).isoformat()},
+        ) as response,
+    ):
+        assert response.status == 200
+        await asyncio.to_thread(day.write_bytes, await response.read())
+    code, output = await run_audit_cli(
+        "verify", "--public-key", str(public), "--export", str(day), env={}
+    )
+    assert code == 0, output
+    assert "OK: events " in output, output
+    assert "are proven by the signed tree head" in output, output
