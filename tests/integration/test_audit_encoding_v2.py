@@ -17,7 +17,7 @@ from civicline.audit.checkpoint import Signer
 from civicline.audit.core import AuditRecord
 from civicline.common import migrate as migrations
 from support.audit_api import KEYS
-from support.audit_logs import fresh_database
+from support.audit_logs import fresh_database, migrate_below
 
 pytestmark = pytest.mark.integration
 
@@ -58,17 +58,11 @@ def citizen_events(count: int) -> list[AuditRecord]:
     ]
 
 
-async def test_v1_rows_then_sealed_v2_rows_verify_and_match_the_sql_leaf(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    every = migrations.available_migrations()
+async def test_v1_rows_then_sealed_v2_rows_verify_and_match_the_sql_leaf() -> None:
     async with fresh_database("v2", migrate=False) as url:
         connection = await asyncpg.connect(url)
         try:
-            monkeypatch.setattr(
-                migrations, "available_migrations", lambda: [m for m in every if m.version < 30]
-            )
-            await migrations.migrate(connection)
+            await migrate_below(connection, 30)
             # Rows exactly as the v1 writer stored them, with the leaf it computed.
             for seq in range(5):
                 entry = v1_entry(seq)
@@ -90,7 +84,6 @@ async def test_v1_rows_then_sealed_v2_rows_verify_and_match_the_sql_leaf(
                     entry_leaf_hash(entry),
                 )
             await connection.execute("UPDATE audit_log_state SET next_seq = 5")
-            monkeypatch.setattr(migrations, "available_migrations", lambda: every)
             await migrations.migrate(connection)
         finally:
             await connection.close()
