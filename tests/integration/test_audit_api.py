@@ -276,6 +276,9 @@ async def test_unknown_endpoints_are_json_404s(setup: Setup) -> None:
     assert "no such endpoint" in body["error"]
     status, body = await call(setup, "/v1/events/999999", token=setup.auditor)
     assert status == 404
+    # looking for an event that is not there is an access too
+    lookups = [e["payload"] for e in await events(setup, kind="audit.access")]
+    assert {"seq": "999999"} in [p["query"] for p in lookups if p["status"] == 404]
 
 
 # --- filters ---------------------------------------------------------------------------------

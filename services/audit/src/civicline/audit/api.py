@@ -22,7 +22,14 @@ import structlog
 from aiohttp import web
 
 from civicline.audit import adapters, merkle, privacy, query
-from civicline.audit.auditor import COLUMNS, EXPORT_FORMAT, export_line, row_entry, tree_head_line
+from civicline.audit.auditor import (
+    COLUMNS,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    export_line,
+    row_entry,
+    tree_head_line,
+)
 from civicline.audit.canonical import entry_leaf_hash
 from civicline.audit.core import TreeHead
 from civicline.audit.query import AUDITOR, OPERATOR, BadRequest
@@ -31,7 +38,6 @@ from civicline.audit.views import DataKeys, access_record, conversation, event_d
 log = structlog.get_logger(__name__)
 
 OPENAPI = resources.files("civicline.audit").joinpath("openapi.json").read_bytes()
-EXPORT_VERSION = 2
 EXPORT_CHUNK = 1000
 _SELECT = f"SELECT {COLUMNS} FROM audit_log"  # noqa: S608 (constants only)
 # Events about a list of message ids: one index probe per id, whatever the statistics say.
@@ -210,6 +216,7 @@ async def get_event(request: web.Request) -> web.Response:
     ):
         row = await connection.fetchrow(f"{_SELECT} WHERE {column} = $1", ref)
         if row is None:
+            await api.record(request, "event", {column: str(ref)}, 0, status=404)
             return _error(404, f"no event {ref} in the log")
         head = await adapters.latest_tree_head(connection)
         inclusion = None
