@@ -105,7 +105,8 @@ def citizens_in_webhook(body: bytes) -> list[str]:
                 if name in _WEBHOOK_FIELDS and isinstance(value, str | int) and str(value):
                     if str(value) not in found:
                         found.append(str(value))
-                elif isinstance(value, dict | list):
+                elif isinstance(value, dict | list) and name != "context":
+                    # A reply's `context.from` is our own business number, not a citizen.
                     stack.append(value)
         elif isinstance(node, list):
             stack.extend(node)
