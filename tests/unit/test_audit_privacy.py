@@ -122,10 +122,10 @@ def test_who_an_event_is_about() -> None:
     assert sorted(webhook(CITIZEN, "15550001111").citizens()) == ["15550001111", CITIZEN]
     checkpoint = dataclasses.replace(message(), payload={"tree_size": 4, "origin": "x"})
     assert checkpoint.citizens() == []
-    reply = orjson.dumps(
+    quoting = orjson.dumps(
         {"messages": [{"from": CITIZEN, "context": {"from": "15550009999", "id": "wamid.X"}}]}
     )
-    assert dataclasses.replace(webhook(), raw_body=reply).citizens() == [CITIZEN]
+    assert dataclasses.replace(webhook(), raw_body=quoting).citizens() == [CITIZEN]
     junk = dataclasses.replace(webhook(), raw_body=b"\x00not json")
     assert junk.citizens() == []
 
