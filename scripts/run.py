@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -64,6 +65,17 @@ def environment() -> dict[str, str]:
             )
         env["AUDIT_SIGNING_KEY_FILE"] = str(key)
         env.setdefault("AUDIT_CHECKPOINT_DIR", str(RUN_DIR / "checkpoints"))
+    for name in ("AUDIT_PSEUDONYM_KEY", "AUDIT_MASTER_KEY"):
+        if not env.get(name) and not env.get(f"{name}_FILE"):
+            # Development secrets for citizens' pseudonyms and data keys, made once and kept
+            # in .run (0600): losing the master key would make every sealed payload unreadable.
+            path = RUN_DIR / f"{name.lower().replace('_', '-')}.dev"
+            if not path.exists():
+                RUN_DIR.mkdir(exist_ok=True)
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                    file.write(secrets.token_hex(32) + "\n")
+            env[f"{name}_FILE"] = str(path)
     return env
 
 

@@ -21,7 +21,7 @@ from civicline.audit.checkpointer import Checkpointer
 from civicline.audit.core import AUDIT_CHECKPOINT, AuditRecord
 from civicline.common import migrate as migrations
 from civicline.common.envelope import SCHEMA_VERSION
-from support.audit_logs import fresh_database, sample_records
+from support.audit_logs import fresh_database, migrate_below, sample_records
 
 pytestmark = pytest.mark.integration
 
@@ -170,17 +170,11 @@ async def test_inclusion_and_consistency_checks_hold_for_a_clean_log(
     assert report.ok, report.lines()
 
 
-async def test_rows_written_before_the_merkle_migration_join_the_tree(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    every = migrations.available_migrations()
+async def test_rows_written_before_the_merkle_migration_join_the_tree() -> None:
     async with fresh_database("legacy", migrate=False) as url:
         connection = await asyncpg.connect(url)
         try:
-            monkeypatch.setattr(
-                migrations, "available_migrations", lambda: [m for m in every if m.version <= 3]
-            )
-            await migrations.migrate(connection)
+            await migrate_below(connection, 4)
             await connection.execute(
                 """INSERT INTO audit_log (seq, event_id, kind, occurred_at, correlation_id,
                                           schema_version, payload, raw_body, signature)
@@ -191,7 +185,6 @@ async def test_rows_written_before_the_merkle_migration_join_the_tree(
                 uuid.uuid4(),
             )
             await connection.execute("UPDATE audit_log_state SET next_seq = 2")
-            monkeypatch.setattr(migrations, "available_migrations", lambda: every)
             await migrations.migrate(connection)
             assert await adapters.tree_size(connection) == 0  # folded in by the next writer
         finally:

@@ -11,7 +11,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+import pytest
+
 from civicline.audit.core import AuditRecord
+from civicline.common import migrate as migrations
 from civicline.common.envelope import SCHEMA_VERSION, event_id
 from support.isolation import create_database, drop_database, unique_name
 
@@ -62,6 +66,17 @@ def database_url_as(database_url: str, role: str) -> str:
     host = parts.hostname or "127.0.0.1"
     port = f":{parts.port}" if parts.port else ""
     return urlunsplit(parts._replace(netloc=f"{role}@{host}{port}"))
+
+
+async def migrate_below(connection: asyncpg.Connection, version: int) -> None:
+    """Apply only the migrations numbered below `version`, to write rows as older code did
+    (a later `migrate(connection)` applies the rest)."""
+    every = migrations.available_migrations()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            migrations, "available_migrations", lambda: [m for m in every if m.version < version]
+        )
+        await migrations.migrate(connection)
 
 
 @asynccontextmanager

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from civicline.audit.app import load_signer
+from civicline.audit.app import load_privacy, load_signer
 from civicline.audit.checkpoint import Signer
+from civicline.audit.privacy import PrivacyKeys
 from civicline.common.settings import Settings, SettingsError
 
 SIGNER = Signer.generate("settings.civicline.example/audit")
@@ -67,4 +68,25 @@ def test_key_and_key_file_together_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="AUDIT_SIGNING_KEY"):
         Settings.from_env(
             {"AUDIT_SIGNING_KEY": SIGNER.encode(), "AUDIT_SIGNING_KEY_FILE": str(key)}
+        )
+
+
+def test_privacy_keys_come_from_files_both_or_neither(tmp_path: Path) -> None:
+    assert load_privacy(Settings.from_env({})) is None
+    pseudonym, master = tmp_path / "pseudonym", tmp_path / "master"
+    pseudonym.write_text("a" * 64 + "\n")
+    master.write_text("b" * 64 + "\n")
+    settings = Settings.from_env(
+        {"AUDIT_PSEUDONYM_KEY_FILE": str(pseudonym), "AUDIT_MASTER_KEY_FILE": str(master)}
+    )
+    keys = load_privacy(settings)
+    assert keys is not None
+    assert keys == PrivacyKeys.from_secrets("a" * 64, "b" * 64)
+    assert "a" * 64 not in repr(settings)
+    assert "b" * 64 not in repr(settings)
+    with pytest.raises(SettingsError, match="both"):
+        load_privacy(Settings.from_env({"AUDIT_PSEUDONYM_KEY": "a" * 64}))
+    with pytest.raises(SettingsError, match="at least 32"):
+        load_privacy(
+            Settings.from_env({"AUDIT_PSEUDONYM_KEY": "short", "AUDIT_MASTER_KEY": "b" * 64})
         )

@@ -12,7 +12,15 @@ import pytest
 from civicline.audit import merkle
 from civicline.audit.canonical import LogEntry, entry_leaf_hash
 from civicline.audit.checkpoint import Checkpoint, Signer, sign_checkpoint
-from civicline.audit.verify import Problem, Report, StoredEntry, StoredHead, verify_entries
+from civicline.audit.verify import (
+    Problem,
+    RangeProof,
+    RangeVerifier,
+    Report,
+    StoredEntry,
+    StoredHead,
+    verify_entries,
+)
 
 SIGNER = Signer.generate("vote.example.gov/audit")
 START = datetime(2026, 7, 18, 9, 0, tzinfo=UTC)
@@ -188,3 +196,46 @@ def test_tiny_logs(size: int) -> None:
     log = stored_log(size)
     heads = [head(log, size)] if size else []
     assert verify(log, heads, next_seq=size).ok
+
+
+# --- a range of the log (an export of one day) ------------------------------------------------
+
+
+def verify_range(
+    entries: list[StoredEntry], first: int, end: int, *, right: list[bytes] | None = None
+) -> Report:
+    leaves = [s.leaf_hash or b"" for s in GENUINE]
+    perfect = merkle.perfect_from_leaves(leaves)
+    proof = RangeProof(
+        SIZE,
+        tuple(perfect(*piece) for piece in merkle.perfect_ranges(0, first)),
+        tuple(right or [perfect(*piece) for piece in merkle.perfect_ranges(end, SIZE)]),
+    )
+    checker = RangeVerifier(SIGNER.verifier, [HEADS[-1]], first, end, proof)
+    for stored in entries:
+        checker.add(stored)
+    return checker.finish()
+
+
+def test_a_range_verifies_against_a_signed_head_without_the_rest_of_the_log() -> None:
+    report = verify_range(GENUINE[13:29], 13, 29)
+    assert report.ok, report.lines()
+    assert report.verified_size == SIZE
+    assert report.lines()[-1].startswith("OK: events 13 to 28 (16 events) are proven")
+
+
+def test_a_changed_or_missing_event_in_a_range_is_named() -> None:
+    changed = list(GENUINE[13:29])
+    changed[3] = StoredEntry(dataclasses.replace(changed[3].entry, kind="x"), changed[3].leaf_hash)
+    assert problems(verify_range(changed, 13, 29)) == [(Problem.CHANGED, 16)]
+    assert problems(verify_range(GENUINE[13:27], 13, 29)) == [(Problem.TAIL_CUT, 27)]
+    gap = GENUINE[13:20] + GENUINE[21:29]
+    assert problems(verify_range(gap, 13, 29))[0] == (Problem.REMOVED, 20)
+
+
+def test_a_range_whose_leaves_and_hashes_were_rewritten_fails_at_the_root() -> None:
+    rewritten = [StoredEntry(dataclasses.replace(s.entry, kind="x"), None) for s in GENUINE[13:29]]
+    rewritten = [StoredEntry(s.entry, entry_leaf_hash(s.entry)) for s in rewritten]
+    report = verify_range(rewritten, 13, 29)
+    assert [f.problem for f in report.findings] == [Problem.ROOT_MISMATCH]
+    assert not verify_range(GENUINE[13:29], 13, 29, right=[b"\x00" * 32] * 2).ok

@@ -1,4 +1,5 @@
-"""Benchmark the audit log: append rate, proof times and full verification at N events.
+"""Benchmark the audit log: append rate, proof times, query API latency and full verification
+at N events.
 
     .venv/bin/python services/audit/bench/bench_audit.py --events 1000000
 
@@ -6,7 +7,9 @@ Creates its own database (dropped at the end unless --keep) on the server of
 CIVICLINE_TEST_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres), appends
 N events in batches of --batch from --writers concurrent writers, exactly as the service does
 (one transaction per batch, serialised on the log-state row), signs a tree head, then times
-inclusion and consistency proofs read from the stored subtrees, and the full verify.
+inclusion and consistency proofs read from the stored subtrees, the query API's main queries
+over HTTP (p50/p99), and the full verify. Events are about CITIZENS citizens and sealed for them
+(encoding v2), as the service writes them with AUDIT_PSEUDONYM_KEY and AUDIT_MASTER_KEY set.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import secrets
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 
 from civicline.audit import merkle
@@ -31,9 +36,12 @@ from civicline.audit.adapters import (
     inclusion_proof,
     sign_tree_head,
 )
+from civicline.audit.api import serve_standalone
 from civicline.audit.auditor import verify_database
 from civicline.audit.checkpoint import Signer, open_checkpoint
 from civicline.audit.core import AuditRecord
+from civicline.audit.privacy import PrivacyKeys
+from civicline.audit.query import token_hash
 from civicline.common.migrate import migrate
 
 ADMIN_URL = os.environ.get(
@@ -41,20 +49,43 @@ ADMIN_URL = os.environ.get(
 )
 
 
+CITIZENS = 50_000
+KINDS = ("message.voting", "outbound.sent", "status.delivered", "status.read")
+KEYS = PrivacyKeys.from_secrets(secrets.token_hex(32), secrets.token_hex(32))
+
+
+def citizen(n: int) -> str:
+    return f"8210{n % CITIZENS:08d}"
+
+
 def records(count: int) -> list[AuditRecord]:
     now = datetime.now(UTC)
     batch = []
-    for n in range(count):
+    for _ in range(count):
+        n = random.randrange(1 << 40)
         raw = n % 4 == 0
+        who = citizen(n)
+        body = (
+            b'{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"contacts":'
+            + b'[{"wa_id":"'
+            + who.encode()
+            + b'"}]}}]}]}'
+        )
         batch.append(
             AuditRecord(
                 event_id=uuid.uuid4(),
-                kind="inbound.webhook" if raw else "message.voting",
+                kind="inbound.webhook" if raw else KINDS[n % len(KINDS)],
                 occurred_at=now,
                 correlation_id=f"wamid.{n}",
                 schema_version=1,
-                payload={"text": "투표소 위치 알려주세요", "n": n, "language": "ko"},
-                raw_body=b'{"object":"whatsapp_business_account","entry":[]}' * 8 if raw else None,
+                payload={
+                    "text": "투표소 위치 알려주세요",
+                    "n": n,
+                    "language": "ko",
+                    "from": who,
+                    "intent": "report_abuse" if n % 1000 == 0 else "voting",
+                },
+                raw_body=body if raw else None,
                 signature="sha256=" + "ab" * 32 if raw else None,
             )
         )
@@ -67,7 +98,9 @@ def milliseconds(samples: list[float]) -> str:
     return f"median {statistics.median(ordered) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
 
 
-async def append_all(pool: asyncpg.Pool, events: int, batch: int, writers: int) -> float:
+async def append_all(
+    pool: asyncpg.Pool, events: int, batch: int, writers: int, keys: PrivacyKeys | None
+) -> float:
     remaining = events
     lock = asyncio.Lock()
     done = 0
@@ -82,7 +115,7 @@ async def append_all(pool: asyncpg.Pool, events: int, batch: int, writers: int) 
                 remaining -= take
             if take == 0:
                 return
-            await append_batch(pool, records(take))
+            await append_batch(pool, records(take), keys)
             done += take
             now = time.perf_counter()
             if now - last_report > 10:
@@ -93,6 +126,67 @@ async def append_all(pool: asyncpg.Pool, events: int, batch: int, writers: int) 
     return events / (time.perf_counter() - started)
 
 
+async def api_latencies(database_url: str, size: int, samples: int) -> None:
+    """The query API's main queries over HTTP, as an auditor sends them: p50/p99 each."""
+    async with serve_standalone(database_url, KEYS) as (url, pool):
+        await _api_latencies(url, pool, size, samples)
+
+
+async def _api_latencies(url: str, pool: asyncpg.Pool, size: int, samples: int) -> None:
+    token = "bench-" + secrets.token_hex(16)
+    await pool.execute(
+        "INSERT INTO audit_api_token (token_id, name, role, token_hash) VALUES ($1, $2, $3, $4)",
+        uuid.uuid4(),
+        "bench",
+        "auditor",
+        token_hash(token),
+    )
+    base = f"{url}/v1"
+    queries: dict[str, Callable[[], tuple[str, dict[str, str]]]] = {
+        "events of one citizen": lambda: (
+            "/events",
+            {"citizen": citizen(random.randrange(CITIZENS))},
+        ),
+        "conversations of one citizen": lambda: (
+            "/conversations",
+            {"citizen": citizen(random.randrange(CITIZENS))},
+        ),
+        "events by kind (first page of 100)": lambda: (
+            "/events",
+            {"kind": "status.read", "limit": "100"},
+        ),
+        "events by intent (rare)": lambda: ("/events", {"intent": "report_abuse"}),
+        "events by correlation id": lambda: (
+            "/events",
+            {"correlation_id": f"wamid.{random.randrange(1 << 40)}"},
+        ),
+        "one event with its inclusion proof": lambda: (f"/events/{random.randrange(size)}", {}),
+    }
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+        for label, make in queries.items():
+            timings: list[float] = []
+            for _ in range(samples):
+                path, params = make()
+                started = time.perf_counter()
+                async with session.get(base + path, params=params) as response:
+                    await response.read()
+                    assert response.status == 200, await response.text()
+                timings.append(time.perf_counter() - started)
+            print(f"API {label}: {milliseconds(timings)}", flush=True)
+        started = time.perf_counter()
+        async with session.get(
+            base + "/export", params={"from_seq": str(max(0, size - 100_000))}
+        ) as response:
+            received = 0
+            async for chunk in response.content.iter_chunked(1 << 16):
+                received += len(chunk)
+        elapsed = time.perf_counter() - started
+        print(
+            f"API export of the last 100,000 events: {elapsed:.1f} s, "
+            f"{received / 2**20:.0f} MiB ({min(size, 100_000) / elapsed:.0f} events/s)"
+        )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
@@ -101,6 +195,10 @@ async def main() -> None:
     parser.add_argument("--proofs", type=int, default=200)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--skip-verify", action="store_true")
+    parser.add_argument("--queries", type=int, default=200, help="samples per API query")
+    parser.add_argument(
+        "--in-clear", action="store_true", help="append without pseudonyms and sealing"
+    )
     args = parser.parse_args()
 
     name = f"civicline_bench_{secrets.token_hex(3)}"
@@ -113,7 +211,8 @@ async def main() -> None:
         pool = await asyncpg.create_pool(url, min_size=args.writers, max_size=args.writers + 1)
 
         print(f"appending {args.events} events, batches of {args.batch}, {args.writers} writers")
-        rate = await append_all(pool, args.events, args.batch, args.writers)
+        keys = None if args.in_clear else KEYS
+        rate = await append_all(pool, args.events, args.batch, args.writers, keys)
         print(f"append rate: {rate:.0f} events/s")
 
         signer = Signer.generate("bench.civicline.example/audit")
@@ -150,6 +249,7 @@ async def main() -> None:
             f"(audit_log: {table / 2**20:.0f} MiB)"
         )
         await connection.close()
+        await api_latencies(url, size, args.queries)
         await pool.close()
 
         if not args.skip_verify:

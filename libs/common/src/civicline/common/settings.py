@@ -25,6 +25,8 @@ SECRET_NAMES = frozenset(
         "CIVICLINE_AMQP_URL",
         "CIVICLINE_DATABASE_URL",
         "AUDIT_SIGNING_KEY",
+        "AUDIT_PSEUDONYM_KEY",
+        "AUDIT_MASTER_KEY",
     }
 )
 
@@ -73,6 +75,8 @@ class Settings:
     audit_checkpoint_interval: float = 60.0
     audit_checkpoint_size: int = 10_000
     audit_checkpoint_dir: str | None = None
+    audit_pseudonym_key: str = field(default="", repr=False)
+    audit_master_key: str = field(default="", repr=False)
     router_rules_path: str | None = None
     responder_catalog_path: str | None = None
     log_level: str = "info"
@@ -157,6 +161,8 @@ class Settings:
             audit_checkpoint_interval=seconds("AUDIT_CHECKPOINT_INTERVAL", 60.0),
             audit_checkpoint_size=integer("AUDIT_CHECKPOINT_SIZE", 10_000),
             audit_checkpoint_dir=values.get("AUDIT_CHECKPOINT_DIR") or None,
+            audit_pseudonym_key=values.get("AUDIT_PSEUDONYM_KEY", ""),
+            audit_master_key=values.get("AUDIT_MASTER_KEY", ""),
             router_rules_path=values.get("ROUTER_RULES_PATH") or None,
             responder_catalog_path=values.get("RESPONDER_CATALOG_PATH") or None,
             log_level=values.get("CIVICLINE_LOG_LEVEL", "info").lower(),
@@ -205,6 +211,8 @@ _ALL_NAMES = (
     "AUDIT_CHECKPOINT_INTERVAL",
     "AUDIT_CHECKPOINT_SIZE",
     "AUDIT_CHECKPOINT_DIR",
+    "AUDIT_PSEUDONYM_KEY",
+    "AUDIT_MASTER_KEY",
     "ROUTER_RULES_PATH",
     "RESPONDER_CATALOG_PATH",
     "CIVICLINE_LOG_LEVEL",

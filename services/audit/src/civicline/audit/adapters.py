@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,11 +20,13 @@ import asyncpg
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from civicline.audit import merkle
+from civicline.audit import merkle, privacy
+from civicline.audit.canonical import SEALED_VERSION
 from civicline.audit.checkpoint import Checkpoint, Signer, sign_checkpoint
 from civicline.audit.core import (
     AUDIT_CHECKPOINT,
     AuditRecord,
+    Sealing,
     TreeHead,
     checkpoint_due,
     entries_for,
@@ -31,6 +35,7 @@ from civicline.audit.core import (
     subtrees_to_store,
 )
 from civicline.audit.merkle import CompactRange, ProofError, Subtree
+from civicline.audit.views import erasure_record
 
 log = structlog.get_logger(__name__)
 
@@ -99,55 +104,204 @@ async def _save_state(connection: asyncpg.Connection, locked: _LockedLog) -> Non
     )
 
 
-async def append_records(pool: asyncpg.Pool, records: Sequence[AuditRecord]) -> Appended:
-    """Append the records not yet logged, as leaves of the Merkle tree."""
+async def live_data_keys(
+    connection: asyncpg.Connection,
+    subjects: Iterable[bytes],
+    keys: privacy.PrivacyKeys,
+    *,
+    create: bool,
+) -> dict[bytes, tuple[uuid.UUID, bytes]]:
+    """Each subject's live data key (key id, key), created for those without one if `create`.
+    Call with the log lock held: erasures take it too, so no event is sealed with a key that
+    is being destroyed."""
+    wanted = sorted(set(subjects))
+    found: dict[bytes, tuple[uuid.UUID, bytes]] = {}
+    if not wanted:
+        return found
+    for row in await connection.fetch(
+        """SELECT key_id, subject, wrapped_key FROM audit_subject_key
+           WHERE subject = ANY($1::bytea[]) AND erased_at IS NULL""",
+        wanted,
+    ):
+        key_id = row["key_id"]
+        found[bytes(row["subject"])] = (
+            key_id,
+            privacy.unwrap_key(keys.master, key_id, row["wrapped_key"]),
+        )
+    missing = [subject for subject in wanted if subject not in found]
+    if missing and create:
+        made = [
+            (subject, uuid.uuid4(), secrets.token_bytes(privacy.KEY_SIZE)) for subject in missing
+        ]
+        await connection.execute(
+            """INSERT INTO audit_subject_key (key_id, subject, wrapped_key)
+               SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::bytea[])""",
+            [key_id for _, key_id, _ in made],
+            [subject for subject, _, _ in made],
+            [privacy.wrap_key(keys.master, key_id, key) for _, key_id, key in made],
+        )
+        found.update({subject: (key_id, key) for subject, key_id, key in made})
+    return found
+
+
+async def _sealing(
+    connection: asyncpg.Connection,
+    numbered: Sequence[tuple[int, AuditRecord]],
+    keys: privacy.PrivacyKeys | None,
+) -> Sealing | None:
+    if keys is None:
+        return None
+    subjects = {record.event_id: keys.subjects(record.citizens()) for _, record in numbered}
+    every = {subject for found in subjects.values() for subject in found}
+    return Sealing(subjects, await live_data_keys(connection, every, keys, create=True))
+
+
+def _array_literal(elements: Iterable[str]) -> str:
+    return "{" + ",".join(elements) + "}"
+
+
+async def _append_locked(
+    connection: asyncpg.Connection,
+    locked: _LockedLog,
+    records: Sequence[AuditRecord],
+    keys: privacy.PrivacyKeys | None,
+) -> int:
+    """Insert the records not yet logged under the held log lock; returns how many."""
+    existing = await connection.fetch(
+        "SELECT event_id FROM audit_log WHERE event_id = ANY($1::uuid[])",
+        [r.event_id for r in records],
+    )
+    numbered = number_batch(records, {row["event_id"] for row in existing}, locked.next_seq)
+    rows = entries_for(numbered, locked.now, await _sealing(connection, numbered, keys))
+    if not rows:
+        return 0
+    await connection.execute(
+        """INSERT INTO audit_log (seq, event_id, kind, occurred_at, recorded_at,
+                                  correlation_id, schema_version, payload, raw_body,
+                                  signature, leaf_hash, leaf_version, intent, subjects,
+                                  key_ids, sealed_payload)
+           SELECT seq, event_id, kind, occurred_at, $1::timestamptz, correlation_id,
+                  schema_version, payload::json, raw_body, signature, leaf_hash,
+                  $12::smallint, intent, subjects::bytea[], key_ids::uuid[], sealed_payload
+           FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[],
+                       $6::text[], $7::int[], $8::text[], $9::bytea[], $10::text[],
+                       $11::bytea[], $13::text[], $14::text[], $15::text[],
+                       $16::bytea[])
+                AS t(seq, event_id, kind, occurred_at, correlation_id,
+                     schema_version, payload, raw_body, signature, leaf_hash,
+                     intent, subjects, key_ids, sealed_payload)""",
+        locked.now,
+        [r.entry.seq for r in rows],
+        [r.entry.event_id for r in rows],
+        [r.entry.kind for r in rows],
+        [r.entry.occurred_at for r in rows],
+        [r.entry.correlation_id for r in rows],
+        [r.entry.schema_version for r in rows],
+        [r.entry.payload_json for r in rows],
+        [r.raw_body for r in rows],
+        [r.entry.signature for r in rows],
+        [r.leaf_hash for r in rows],
+        SEALED_VERSION,
+        [r.entry.intent for r in rows],
+        # Arrays of arrays cannot be unnested row by row: each row's list goes as an array
+        # literal, cast back per row.
+        [_array_literal(f'"\\\\x{s.hex()}"' for s in r.entry.subjects) for r in rows],
+        [_array_literal(str(k) for k in r.entry.key_ids) for r in rows],
+        [r.entry.sealed_payload for r in rows],
+    )
+    await _store_subtrees(connection, locked.tree.extend(r.leaf_hash for r in rows))
+    locked.next_seq += len(rows)
+    locked.changed = True
+    return len(rows)
+
+
+async def append_records(
+    pool: asyncpg.Pool,
+    records: Sequence[AuditRecord],
+    keys: privacy.PrivacyKeys | None = None,
+) -> Appended:
+    """Append the records not yet logged, as leaves of the Merkle tree (sealed for the
+    citizens they are about when `keys` are given)."""
     async with pool.acquire() as connection, connection.transaction():
         locked = await _lock_log(connection)
-        existing = await connection.fetch(
-            "SELECT event_id FROM audit_log WHERE event_id = ANY($1::uuid[])",
-            [r.event_id for r in records],
-        )
-        numbered = number_batch(records, {row["event_id"] for row in existing}, locked.next_seq)
-        rows = entries_for(numbered, locked.now)
-        if rows:
-            await connection.execute(
-                """INSERT INTO audit_log (seq, event_id, kind, occurred_at, recorded_at,
-                                          correlation_id, schema_version, payload, raw_body,
-                                          signature, leaf_hash)
-                   SELECT seq, event_id, kind, occurred_at, $1::timestamptz, correlation_id,
-                          schema_version, payload::json, raw_body, signature, leaf_hash
-                   FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[],
-                               $6::text[], $7::int[], $8::text[], $9::bytea[], $10::text[],
-                               $11::bytea[])
-                        AS t(seq, event_id, kind, occurred_at, correlation_id,
-                             schema_version, payload, raw_body, signature, leaf_hash)""",
-                locked.now,
-                [r.entry.seq for r in rows],
-                [r.entry.event_id for r in rows],
-                [r.entry.kind for r in rows],
-                [r.entry.occurred_at for r in rows],
-                [r.entry.correlation_id for r in rows],
-                [r.entry.schema_version for r in rows],
-                [r.entry.payload_json for r in rows],
-                [r.record.raw_body for r in rows],
-                [r.entry.signature for r in rows],
-                [r.leaf_hash for r in rows],
-            )
-            await _store_subtrees(connection, locked.tree.extend(r.leaf_hash for r in rows))
-            locked.next_seq += len(rows)
-            locked.changed = True
+        new = await _append_locked(connection, locked, records, keys)
         if locked.changed:
             await _save_state(connection, locked)
-    APPENDED.inc(len(rows))
-    DUPLICATES.inc(len(records) - len(rows))
+    APPENDED.inc(new)
+    DUPLICATES.inc(len(records) - new)
     BATCH_SIZE.observe(len(records))
     TREE_SIZE.set(locked.tree.size)
-    return Appended(len(rows), locked.tree.size)
+    return Appended(new, locked.tree.size)
 
 
-async def append_batch(pool: asyncpg.Pool, records: Sequence[AuditRecord]) -> int:
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    subject: bytes
+    key_ids: list[uuid.UUID]
+    events: int
+    seq: int | None  # of the audit.erasure event; None if the citizen had no live key
+
+
+async def erase_subject(
+    pool: asyncpg.Pool, keys: privacy.PrivacyKeys, citizen: str, *, requested_by: str
+) -> Erasure:
+    """Destroy a citizen's data keys and log the erasure, in one transaction under the log
+    lock, so no batch seals with the key while it goes. Their events stay in the log, sealed
+    for good; every leaf, proof and tree head still verifies (leaves hash the ciphertext)."""
+    subject = keys.pseudonymise(citizen)
+    async with pool.acquire() as connection, connection.transaction():
+        locked = await _lock_log(connection)
+        erased = await connection.fetch(
+            """UPDATE audit_subject_key SET wrapped_key = NULL, erased_at = $2
+               WHERE subject = $1 AND erased_at IS NULL RETURNING key_id""",
+            subject,
+            locked.now,
+        )
+        key_ids = [row["key_id"] for row in erased]
+        events = await connection.fetchval(
+            "SELECT count(*) FROM audit_log WHERE subjects @> ARRAY[$1::bytea]", subject
+        )
+        seq = None
+        if key_ids:
+            seq = locked.next_seq
+            record = erasure_record(
+                subject=subject,
+                key_ids=key_ids,
+                events=events,
+                requested_by=requested_by,
+                at=locked.now,
+            )
+            await _append_locked(connection, locked, [record], keys)
+        if locked.changed:
+            await _save_state(connection, locked)
+    return Erasure(subject, key_ids, events, seq)
+
+
+async def data_keys(
+    connection: asyncpg.Connection, key_ids: Iterable[uuid.UUID], keys: privacy.PrivacyKeys
+) -> dict[uuid.UUID, bytes | None]:
+    """The data keys with these ids, unwrapped; None for those erased."""
+    wanted = sorted(set(key_ids))
+    if not wanted:
+        return {}
+    rows = await connection.fetch(
+        "SELECT key_id, wrapped_key FROM audit_subject_key WHERE key_id = ANY($1::uuid[])", wanted
+    )
+    found: dict[uuid.UUID, bytes | None] = dict.fromkeys(wanted)
+    for row in rows:
+        wrapped = row["wrapped_key"]
+        if wrapped is not None:
+            found[row["key_id"]] = privacy.unwrap_key(keys.master, row["key_id"], wrapped)
+    return found
+
+
+async def append_batch(
+    pool: asyncpg.Pool,
+    records: Sequence[AuditRecord],
+    keys: privacy.PrivacyKeys | None = None,
+) -> int:
     """Append the records not yet logged; returns how many were new."""
-    return (await append_records(pool, records)).new
+    return (await append_records(pool, records, keys)).new
 
 
 async def sign_tree_head(
@@ -256,6 +410,15 @@ async def inclusion_proof(connection: asyncpg.Connection, seq: int, size: int) -
     return [merkle.range_hash(start, end, perfect) for start, end in ranges]
 
 
+async def range_perfect_hashes(
+    connection: asyncpg.Connection, first: int, end: int, size: int
+) -> merkle.PerfectHash:
+    """The stored hashes a range proof of leaves [first, end) in the tree of `size` needs."""
+    if size > await tree_size(connection):
+        raise ProofError(f"the tree has not reached size {size}")
+    return await _perfect_hashes(connection, [(0, first), (end, size)])
+
+
 async def consistency_proof(connection: asyncpg.Connection, first: int, second: int) -> list[bytes]:
     """The proof that the tree of `first` leaves is a prefix of the tree of `second` leaves."""
     if second > await tree_size(connection):
@@ -289,9 +452,11 @@ class BatchWriter:
         batch_size: int,
         linger: float,
         on_commit: Callable[[int], None] | None = None,
+        keys: privacy.PrivacyKeys | None = None,
     ) -> None:
         self._pool = pool
         self._on_commit = on_commit
+        self._keys = keys
         self._batch_size = batch_size
         self._linger = linger
         self._pending: list[tuple[AuditRecord, asyncio.Future[None]]] = []
@@ -325,7 +490,7 @@ class BatchWriter:
             await self._write(batch)
 
     async def _append(self, records: Sequence[AuditRecord]) -> None:
-        appended = await append_records(self._pool, records)
+        appended = await append_records(self._pool, records, self._keys)
         if self._on_commit is not None:
             self._on_commit(appended.tree_size)
 

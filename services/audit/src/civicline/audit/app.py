@@ -6,7 +6,9 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
+from civicline.audit import privacy
 from civicline.audit.adapters import BatchWriter
+from civicline.audit.api import AuditApi, add_api_routes
 from civicline.audit.checkpoint import CheckpointError, Signer
 from civicline.audit.checkpointer import Checkpointer
 from civicline.audit.handlers import audit_handler
@@ -28,8 +30,26 @@ def load_signer(settings: Settings) -> Signer | None:
         raise SettingsError(f"AUDIT_SIGNING_KEY (or AUDIT_SIGNING_KEY_FILE): {exc}") from None
 
 
+def load_privacy(settings: Settings) -> privacy.PrivacyKeys | None:
+    """The pseudonym and master keys, or None when neither is configured (then events are
+    logged in clear, as before encoding v2, and the service says so at start)."""
+    pseudonym, master = settings.audit_pseudonym_key, settings.audit_master_key
+    if not pseudonym and not master:
+        return None
+    if not pseudonym or not master:
+        raise SettingsError(
+            "set both AUDIT_PSEUDONYM_KEY and AUDIT_MASTER_KEY (or their _FILE forms), or neither"
+        )
+    try:
+        return privacy.PrivacyKeys.from_secrets(pseudonym, master)
+    except ValueError as exc:
+        raise SettingsError(f"AUDIT_PSEUDONYM_KEY / AUDIT_MASTER_KEY: {exc}") from None
+
+
 def create_app(settings: Settings) -> web.Application:
     signer = load_signer(settings)
+    keys = load_privacy(settings)
+    api = AuditApi(keys)
     writers: list[BatchWriter] = []
     checkpointers: list[Checkpointer] = []
 
@@ -51,9 +71,11 @@ def create_app(settings: Settings) -> web.Application:
             batch_size=settings.audit_batch_size,
             linger=settings.audit_batch_linger,
             on_commit=checkpointer.appended if checkpointer is not None else None,
+            keys=keys,
         )
         writer.start()
         writers.append(writer)
+        api.pool, api.writer = runtime.pool, writer
         return audit_handler(writer)
 
     # Prefetch at least a full batch, or batches could never fill.
@@ -75,6 +97,12 @@ def create_app(settings: Settings) -> web.Application:
             )
         else:
             log.info("tree_heads_signed_by", verifier_key=signer.verifier.encode())
+        if keys is None:
+            log.warning(
+                "citizens_not_pseudonymised",
+                reason="no AUDIT_PSEUDONYM_KEY and AUDIT_MASTER_KEY configured",
+                hint="events are logged in clear and cannot be erased per citizen",
+            )
 
     async def stop_checkpointers(app: web.Application) -> None:
         # On shutdown, before the runtime's cleanup closes the pool under them.
@@ -85,6 +113,7 @@ def create_app(settings: Settings) -> web.Application:
         for writer in writers:
             await writer.close()
 
+    add_api_routes(app, api)
     app.on_startup.append(announce)
     app.on_shutdown.append(stop_checkpointers)
     app.on_cleanup.append(close_writers)

@@ -23,20 +23,31 @@ import orjson
 from civicline.audit import adapters, merkle
 from civicline.audit.canonical import LogEntry, entry_leaf_hash
 from civicline.audit.checkpoint import Verifier, open_checkpoint
-from civicline.audit.verify import LogVerifier, Report, StoredEntry, StoredHead
+from civicline.audit.core import TreeHead
+from civicline.audit.verify import (
+    LogVerifier,
+    RangeProof,
+    RangeVerifier,
+    Report,
+    StoredEntry,
+    StoredHead,
+)
 
 EXPORT_FORMAT = "civicline-audit-export"
-EXPORT_VERSION = 1
-_ROWS = """SELECT seq, event_id, kind, occurred_at, recorded_at, correlation_id, schema_version,
-                  payload::text AS payload, raw_body, signature, leaf_hash
-           FROM audit_log"""
+EXPORT_VERSION = 2
+READABLE_EXPORT_VERSIONS = (1, 2)
+COLUMNS = """seq, event_id, kind, occurred_at, recorded_at, correlation_id, schema_version,
+             payload::text AS payload, raw_body, signature, leaf_hash, leaf_version, intent,
+             subjects, key_ids, sealed_payload"""
+_ROWS = f"SELECT {COLUMNS} FROM audit_log"  # noqa: S608 (constants only)
 
 
 class ExportError(ValueError):
     """An export file that is not one, or is damaged beyond reading."""
 
 
-def _entry(row: asyncpg.Record) -> LogEntry:
+def row_entry(row: asyncpg.Record) -> LogEntry:
+    """The entry a stored row is, as its leaf covers it (encoding v1 or v2)."""
     return LogEntry.with_raw_body(
         seq=row["seq"],
         event_id=row["event_id"],
@@ -48,7 +59,49 @@ def _entry(row: asyncpg.Record) -> LogEntry:
         payload_json=row["payload"],
         raw_body=row["raw_body"],
         signature=row["signature"],
+        version=row["leaf_version"],
+        intent=row["intent"],
+        subjects=tuple(bytes(s) for s in row["subjects"] or ()),
+        key_ids=tuple(row["key_ids"] or ()),
+        sealed_payload=row["sealed_payload"],
     )
+
+
+def _b64(value: bytes | None) -> str | None:
+    return None if value is None else base64.b64encode(value).decode()
+
+
+def export_line(row: asyncpg.Record) -> dict[str, Any]:
+    """One event of an export, every column as stored (sealed payloads stay sealed)."""
+    return {
+        "type": "event",
+        "seq": row["seq"],
+        "event_id": str(row["event_id"]),
+        "kind": row["kind"],
+        "occurred_at": _time(row["occurred_at"]),
+        "recorded_at": _time(row["recorded_at"]),
+        "correlation_id": row["correlation_id"],
+        "schema_version": row["schema_version"],
+        "payload": row["payload"],
+        "raw_body": _b64(row["raw_body"]),
+        "signature": row["signature"],
+        "leaf_hash": row["leaf_hash"].hex(),
+        "leaf_version": row["leaf_version"],
+        "intent": row["intent"],
+        "subjects": [bytes(s).hex() for s in row["subjects"] or ()],
+        "key_ids": [str(k) for k in row["key_ids"] or ()],
+        "sealed_payload": _b64(row["sealed_payload"]),
+    }
+
+
+def tree_head_line(head: TreeHead) -> dict[str, Any]:
+    return {
+        "type": "tree_head",
+        "tree_size": head.tree_size,
+        "root_hash": head.root_hash.hex(),
+        "signed_at": _time(head.signed_at),
+        "checkpoint": head.checkpoint,
+    }
 
 
 @asynccontextmanager
@@ -77,7 +130,7 @@ async def verify_database(
             verifier, await _stored_heads(connection), saved_checkpoints, next_seq
         )
         async for row in connection.cursor(f"{_ROWS} ORDER BY seq", prefetch=5000):
-            checker.add(StoredEntry(_entry(row), row["leaf_hash"]))
+            checker.add(StoredEntry(row_entry(row), row["leaf_hash"]))
     return checker.finish()
 
 
@@ -94,31 +147,9 @@ async def export_database(database_url: str, out: TextIO) -> int:
         header = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "next_seq": next_seq}
         out.write(orjson.dumps(header).decode() + "\n")
         for head in await adapters.tree_heads(connection):
-            line = {
-                "type": "tree_head",
-                "tree_size": head.tree_size,
-                "root_hash": head.root_hash.hex(),
-                "signed_at": _time(head.signed_at),
-                "checkpoint": head.checkpoint,
-            }
-            out.write(orjson.dumps(line).decode() + "\n")
+            out.write(orjson.dumps(tree_head_line(head)).decode() + "\n")
         async for row in connection.cursor(f"{_ROWS} ORDER BY seq", prefetch=5000):
-            raw_body = row["raw_body"]
-            line = {
-                "type": "event",
-                "seq": row["seq"],
-                "event_id": str(row["event_id"]),
-                "kind": row["kind"],
-                "occurred_at": _time(row["occurred_at"]),
-                "recorded_at": _time(row["recorded_at"]),
-                "correlation_id": row["correlation_id"],
-                "schema_version": row["schema_version"],
-                "payload": row["payload"],
-                "raw_body": None if raw_body is None else base64.b64encode(raw_body).decode(),
-                "signature": row["signature"],
-                "leaf_hash": row["leaf_hash"].hex(),
-            }
-            out.write(orjson.dumps(line).decode() + "\n")
+            out.write(orjson.dumps(export_line(row)).decode() + "\n")
             count += 1
     return count
 
@@ -128,6 +159,9 @@ class Export:
     path: Path
     next_seq: int | None
     heads: list[StoredHead]
+    first_seq: int | None = None  # set for an export of a range (the query API's /v1/export)
+    end_seq: int | None = None
+    range_proof: RangeProof | None = None
 
     def entries(self) -> Iterator[StoredEntry]:
         with self.path.open("rb") as lines:
@@ -147,6 +181,10 @@ def _line(line: bytes, number: int) -> dict[str, Any]:
     return document
 
 
+def _optional_b64(value: Any) -> bytes | None:
+    return None if value is None else base64.b64decode(value, validate=True)
+
+
 def _stored_entry(document: dict[str, Any], number: int) -> StoredEntry:
     try:
         raw = document["raw_body"]
@@ -159,8 +197,13 @@ def _stored_entry(document: dict[str, Any], number: int) -> StoredEntry:
             correlation_id=document["correlation_id"],
             schema_version=int(document["schema_version"]),
             payload_json=document["payload"],
-            raw_body=None if raw is None else base64.b64decode(raw, validate=True),
+            raw_body=_optional_b64(raw),
             signature=document["signature"],
+            version=int(document.get("leaf_version", 1)),
+            intent=document.get("intent"),
+            subjects=tuple(bytes.fromhex(s) for s in document.get("subjects", ())),
+            key_ids=tuple(uuid.UUID(k) for k in document.get("key_ids", ())),
+            sealed_payload=_optional_b64(document.get("sealed_payload")),
         )
         leaf = document.get("leaf_hash")
         return StoredEntry(entry, None if leaf is None else bytes.fromhex(leaf))
@@ -172,15 +215,27 @@ def read_export(path: Path) -> Export:
     """The export's header and tree heads (events are streamed later, by `entries()`)."""
     heads: list[StoredHead] = []
     next_seq = None
+    header: dict[str, Any] = {}
+    proof = None
     with path.open("rb") as lines:
         for number, line in enumerate(lines, 1):
             document = _line(line, number)
             if number == 1:
                 if document.get("format") != EXPORT_FORMAT:
                     raise ExportError(f"{path} is not a {EXPORT_FORMAT} file")
-                if document.get("version") != EXPORT_VERSION:
+                if document.get("version") not in READABLE_EXPORT_VERSIONS:
                     raise ExportError(f"export version {document.get('version')} is unknown")
                 next_seq = document.get("next_seq")
+                header = document
+            elif document.get("type") == "range_proof":
+                try:
+                    proof = RangeProof(
+                        int(document["tree_size"]),
+                        tuple(bytes.fromhex(h) for h in document["left"]),
+                        tuple(bytes.fromhex(h) for h in document["right"]),
+                    )
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ExportError(f"line {number}: not a range proof: {exc!r}") from None
             elif document.get("type") == "tree_head":
                 try:
                     heads.append(
@@ -192,14 +247,30 @@ def read_export(path: Path) -> Export:
                     )
                 except (KeyError, TypeError, ValueError) as exc:
                     raise ExportError(f"line {number}: not a tree head: {exc!r}") from None
-    return Export(path, next_seq, heads)
+    first, end = header.get("first_seq"), header.get("end_seq")
+    if (first is None) != (end is None) or any(
+        v is not None and (not isinstance(v, int) or v < 0) for v in (first, end)
+    ):
+        raise ExportError("the header's first_seq and end_seq are not a range")
+    return Export(path, next_seq, heads, first, end, proof)
 
 
 def verify_export(
     path: Path, verifier: Verifier, saved_checkpoints: tuple[str, ...] = ()
 ) -> Report:
     export = read_export(path)
-    checker = LogVerifier(verifier, export.heads, saved_checkpoints, export.next_seq)
+    checker: LogVerifier | RangeVerifier
+    if export.first_seq is not None and export.end_seq is not None:
+        checker = RangeVerifier(
+            verifier,
+            export.heads,
+            export.first_seq,
+            export.end_seq,
+            export.range_proof,
+            saved_checkpoints,
+        )
+    else:
+        checker = LogVerifier(verifier, export.heads, saved_checkpoints, export.next_seq)
     for stored in export.entries():
         checker.add(stored)
     return checker.finish()
@@ -251,7 +322,7 @@ async def check_inclusion(
         if row is None:
             raise merkle.ProofError(f"no event at seq {seq} in the log")
         proof = await adapters.inclusion_proof(connection, seq, checkpoint.tree_size)
-    leaf = entry_leaf_hash(_entry(row))
+    leaf = entry_leaf_hash(row_entry(row))
     merkle.verify_inclusion(seq, checkpoint.tree_size, leaf, proof, checkpoint.root_hash)
     return InclusionCheck(
         seq, row["event_id"], checkpoint.tree_size, leaf, proof, checkpoint.root_hash

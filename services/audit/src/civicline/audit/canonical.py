@@ -1,7 +1,9 @@
 """The canonical bytes of one audit log entry, whose leaf hash the Merkle tree is built from.
 
-Specified in docs/audit-log.md (encoding version 1); this module is its reference
-implementation, and migration 0004's `audit_leaf_hash()` computes the same bytes in SQL.
+Specified in docs/audit-log.md (encoding versions 1 and 2); this module is its reference
+implementation, and `audit_leaf_hash()` (migrations 0004 and 0030) computes the same bytes in
+SQL. Version 2 adds the clear intent, the citizens' pseudonyms and data key ids, and hashes a
+sealed payload's ciphertext, so erasing a citizen's key leaves every leaf verifiable.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from civicline.audit import merkle
 
 ENCODING_VERSION = 1
+SEALED_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -30,9 +33,14 @@ class LogEntry:
     recorded_at: datetime
     correlation_id: str
     schema_version: int
-    payload_json: str
+    payload_json: str | None
     raw_body_sha256: bytes | None = None
     signature: str | None = None
+    version: int = ENCODING_VERSION
+    intent: str | None = None
+    subjects: tuple[bytes, ...] = ()
+    key_ids: tuple[uuid.UUID, ...] = ()
+    sealed_payload: bytes | None = None
 
     @classmethod
     def with_raw_body(
@@ -45,9 +53,14 @@ class LogEntry:
         recorded_at: datetime,
         correlation_id: str,
         schema_version: int,
-        payload_json: str,
+        payload_json: str | None,
         raw_body: bytes | None,
         signature: str | None,
+        version: int = ENCODING_VERSION,
+        intent: str | None = None,
+        subjects: tuple[bytes, ...] = (),
+        key_ids: tuple[uuid.UUID, ...] = (),
+        sealed_payload: bytes | None = None,
     ) -> LogEntry:
         return cls(
             seq=seq,
@@ -60,6 +73,11 @@ class LogEntry:
             payload_json=payload_json,
             raw_body_sha256=None if raw_body is None else hashlib.sha256(raw_body).digest(),
             signature=signature,
+            version=version,
+            intent=intent,
+            subjects=subjects,
+            key_ids=key_ids,
+            sealed_payload=sealed_payload,
         )
 
 
@@ -75,22 +93,52 @@ def _text(value: str) -> bytes:
     return struct.pack(">I", len(encoded)) + encoded
 
 
+def _optional_text(value: str | None) -> bytes:
+    return b"\x00" if value is None else b"\x01" + _text(value)
+
+
+def _list(items: tuple[bytes, ...]) -> bytes:
+    return struct.pack(">I", len(items)) + b"".join(items)
+
+
 def canonical_bytes(entry: LogEntry) -> bytes:
-    """Encoding version 1: fixed field order, big-endian integers, length-prefixed UTF-8."""
+    """Fixed field order, big-endian integers, length-prefixed UTF-8 (docs/audit-log.md)."""
     if entry.raw_body_sha256 is not None and len(entry.raw_body_sha256) != 32:
         raise ValueError("raw_body_sha256 must be a SHA-256 digest")
-    parts = [
-        struct.pack(">BQ", ENCODING_VERSION, entry.seq),
+    head = [
+        struct.pack(">BQ", entry.version, entry.seq),
         entry.event_id.bytes,
         _text(entry.kind),
         struct.pack(">qq", microseconds(entry.occurred_at), microseconds(entry.recorded_at)),
         _text(entry.correlation_id),
         struct.pack(">i", entry.schema_version),
-        _text(entry.payload_json),
-        b"\x00" if entry.raw_body_sha256 is None else b"\x01" + entry.raw_body_sha256,
-        b"\x00" if entry.signature is None else b"\x01" + _text(entry.signature),
     ]
-    return b"".join(parts)
+    tail = [
+        b"\x00" if entry.raw_body_sha256 is None else b"\x01" + entry.raw_body_sha256,
+        _optional_text(entry.signature),
+    ]
+    if entry.version == ENCODING_VERSION:
+        if entry.payload_json is None:
+            raise ValueError("an encoding v1 entry has a clear payload")
+        return b"".join([*head, _text(entry.payload_json), *tail])
+    if entry.version != SEALED_VERSION:
+        raise ValueError(f"unknown leaf encoding version {entry.version}")
+    if (entry.payload_json is None) == (entry.sealed_payload is None):
+        raise ValueError("an encoding v2 entry has either a clear or a sealed payload")
+    if any(len(subject) != 32 for subject in entry.subjects):
+        raise ValueError("a subject is a 32-byte pseudonym")
+    if entry.sealed_payload is not None:
+        payload = b"\x01" + hashlib.sha256(entry.sealed_payload).digest()
+    else:
+        assert entry.payload_json is not None
+        payload = b"\x00" + _text(entry.payload_json)
+    middle = [
+        _optional_text(entry.intent),
+        _list(entry.subjects),
+        _list(tuple(key_id.bytes for key_id in entry.key_ids)),
+        payload,
+    ]
+    return b"".join([*head, *middle, *tail])
 
 
 def entry_leaf_hash(entry: LogEntry) -> bytes:

@@ -7,6 +7,8 @@
     civicline-audit verify             check the whole log against the public key
     civicline-audit inclusion          prove one event is in a signed checkpoint
     civicline-audit consistency        prove the log only grew since a saved checkpoint
+    civicline-audit token create|list|revoke   bearer tokens of the query API (/v1)
+    civicline-audit erase              destroy a citizen's data keys (crypto-shredding)
 
 Exit status: 0 when the check holds, 1 when it does not, 2 for bad usage or configuration.
 """
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import sys
 import uuid
 from collections.abc import Sequence
@@ -26,9 +29,9 @@ import asyncpg
 import orjson
 import structlog
 
-from civicline.audit import auditor
-from civicline.audit.adapters import latest_tree_head, sign_tree_head
-from civicline.audit.app import load_signer
+from civicline.audit import auditor, query
+from civicline.audit.adapters import erase_subject, latest_tree_head, sign_tree_head
+from civicline.audit.app import load_privacy, load_signer
 from civicline.audit.checkpoint import CheckpointError, Signer, Verifier
 from civicline.audit.checkpointer import publish_tree_head
 from civicline.audit.core import TreeHead
@@ -200,6 +203,78 @@ async def _consistency(args: argparse.Namespace) -> int:
     return OK
 
 
+TOKEN_PREFIX = "cvl_"  # noqa: S105 (a prefix that makes tokens recognisable, not a secret)
+
+
+async def _token(args: argparse.Namespace) -> int:
+    connection = await asyncpg.connect(_database_url(args), timeout=10)
+    try:
+        if args.action == "create":
+            token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+            try:
+                await connection.execute(
+                    """INSERT INTO audit_api_token (token_id, name, role, token_hash)
+                       VALUES ($1, $2, $3, $4)""",
+                    uuid.uuid4(),
+                    args.name,
+                    args.role,
+                    query.token_hash(token),
+                )
+            except asyncpg.UniqueViolationError:
+                raise UsageError(f"a token named {args.name!r} exists already") from None
+            print(f"token {args.name!r} ({args.role}); shown once, only its hash is kept:")
+            print(token)
+        elif args.action == "list":
+            for row in await connection.fetch(
+                "SELECT name, role, created_at, revoked_at FROM audit_api_token ORDER BY created_at"
+            ):
+                state = "revoked " + row["revoked_at"].isoformat() if row["revoked_at"] else "live"
+                print(f"{row['name']}\t{row['role']}\t{row['created_at'].isoformat()}\t{state}")
+        else:
+            revoked = await connection.fetchval(
+                """UPDATE audit_api_token SET revoked_at = clock_timestamp()
+                   WHERE name = $1 AND revoked_at IS NULL RETURNING name""",
+                args.name,
+            )
+            if revoked is None:
+                raise UsageError(f"no live token named {args.name!r}")
+            print(f"revoked {args.name!r}")
+    finally:
+        await connection.close()
+    return OK
+
+
+async def _erase(args: argparse.Namespace) -> int:
+    settings = _settings()
+    try:
+        keys = load_privacy(settings)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
+    if keys is None:
+        raise UsageError("no keys: set AUDIT_PSEUDONYM_KEY and AUDIT_MASTER_KEY (or _FILE)")
+    pool = await asyncpg.create_pool(args.database_url or settings.database_url, min_size=1)
+    try:
+        erasure = await erase_subject(pool, keys, args.wa_id, requested_by="civicline-audit erase")
+        if not erasure.key_ids:
+            print("this citizen has no live data key (never seen, or already erased)")
+            return FAILED
+        try:
+            # The erased key's old row version stays on disk until vacuumed.
+            await pool.execute("VACUUM audit_subject_key")
+        except asyncpg.InsufficientPrivilegeError:
+            print(
+                "warning: VACUUM audit_subject_key as its owner to purge the old key",
+                file=sys.stderr,
+            )
+    finally:
+        await pool.close()
+    print(
+        f"erased citizen {erasure.subject.hex()}: {len(erasure.key_ids)} data key(s) destroyed, "
+        f"{erasure.events} events now unreadable; recorded at seq {erasure.seq}"
+    )
+    return OK
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="civicline-audit", description="civicline's verifiable audit log."
@@ -252,6 +327,18 @@ def parser() -> argparse.ArgumentParser:
     )
     command.add_argument("--checkpoint", required=True, help="the checkpoint saved earlier")
     command.add_argument("--newer", help="a newer checkpoint (default: the latest stored head)")
+
+    command = commands.add_parser(
+        "token", parents=[database], help="create, list or revoke query API tokens"
+    )
+    command.add_argument("action", choices=("create", "list", "revoke"))
+    command.add_argument("--name", help="who holds it (create, revoke)")
+    command.add_argument("--role", choices=query.ROLES, default=query.AUDITOR)
+
+    command = commands.add_parser(
+        "erase", parents=[database], help="destroy a citizen's data keys (their words)"
+    )
+    command.add_argument("--wa-id", required=True, help="the citizen's phone number or user id")
     return root
 
 
@@ -261,6 +348,8 @@ COMMANDS = {
     "verify": _verify,
     "inclusion": _inclusion,
     "consistency": _consistency,
+    "token": _token,
+    "erase": _erase,
 }
 
 
@@ -279,6 +368,8 @@ def run(argv: Sequence[str]) -> int:
     try:
         if args.command == "keygen":
             return keygen(args)
+        if args.command == "token" and args.action != "list" and not args.name:
+            raise UsageError(f"token {args.action} needs --name")
         return asyncio.run(COMMANDS[args.command](args))
     except UsageError as exc:
         print(f"civicline-audit {args.command}: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ adapters.py writes what these functions decide."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
@@ -12,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from civicline.audit.canonical import LogEntry, entry_leaf_hash
+from civicline.audit import privacy
+from civicline.audit.canonical import SEALED_VERSION, LogEntry, entry_leaf_hash
 from civicline.audit.merkle import Subtree
 from civicline.common.envelope import SCHEMA_VERSION, Envelope, EnvelopeError, event_id
 from civicline.common.topology import INBOUND_WEBHOOK
@@ -43,6 +45,17 @@ class AuditRecord:
 
     def payload_json(self) -> str:
         return orjson.dumps(self.payload, option=orjson.OPT_SORT_KEYS).decode()
+
+    def intent(self) -> str | None:
+        """The classification, kept in clear for auditors' filters (never personal data)."""
+        intent = self.payload.get("intent")
+        return intent if isinstance(intent, str) and intent else None
+
+    def citizens(self) -> list[str]:
+        """The ids of the citizens this event is about (wa_ids, business-scoped user ids)."""
+        if self.raw_body is not None:
+            return privacy.citizens_in_webhook(self.raw_body)
+        return privacy.citizens_in_payload(self.payload)
 
 
 def record_from_delivery(
@@ -124,14 +137,44 @@ class NumberedEntry:
     record: AuditRecord
     entry: LogEntry
     leaf_hash: bytes
+    raw_body: bytes | None  # as stored: sealed when the event is about citizens
+
+
+@dataclass(frozen=True, slots=True)
+class Sealing:
+    """What sealing a batch needs: each record's subjects, and each subject's live data key."""
+
+    subjects: Mapping[uuid.UUID, tuple[bytes, ...]]
+    keys: Mapping[bytes, tuple[uuid.UUID, bytes]]
+    random: privacy.Random = os.urandom
 
 
 def entries_for(
-    numbered: Iterable[tuple[int, AuditRecord]], recorded_at: datetime
+    numbered: Iterable[tuple[int, AuditRecord]],
+    recorded_at: datetime,
+    sealing: Sealing | None = None,
 ) -> list[NumberedEntry]:
-    """The rows a numbered batch becomes, each with the leaf hash of exactly what is stored."""
+    """The rows a numbered batch becomes (encoding v2), each with the leaf hash of exactly what
+    is stored. With `sealing`, an event about citizens has its payload and raw body sealed."""
     result = []
     for seq, record in numbered:
+        subjects = sealing.subjects.get(record.event_id, ()) if sealing is not None else ()
+        payload_json: str | None = record.payload_json()
+        sealed_payload = None
+        raw_body = record.raw_body
+        key_ids: tuple[uuid.UUID, ...] = ()
+        if subjects and sealing is not None:
+            key_ids = tuple(sealing.keys[subject][0] for subject in subjects)
+            key = privacy.event_key([sealing.keys[subject][1] for subject in subjects])
+            assert payload_json is not None
+            sealed_payload = privacy.seal(
+                key, record.event_id, privacy.PAYLOAD_FIELD, payload_json.encode(), sealing.random
+            )
+            payload_json = None
+            if raw_body is not None:
+                raw_body = privacy.seal(
+                    key, record.event_id, privacy.RAW_BODY_FIELD, raw_body, sealing.random
+                )
         entry = LogEntry.with_raw_body(
             seq=seq,
             event_id=record.event_id,
@@ -140,11 +183,16 @@ def entries_for(
             recorded_at=recorded_at,
             correlation_id=record.correlation_id,
             schema_version=record.schema_version,
-            payload_json=record.payload_json(),
-            raw_body=record.raw_body,
+            payload_json=payload_json,
+            raw_body=raw_body,
             signature=record.signature,
+            version=SEALED_VERSION,
+            intent=record.intent(),
+            subjects=subjects,
+            key_ids=key_ids,
+            sealed_payload=sealed_payload,
         )
-        result.append(NumberedEntry(record, entry, entry_leaf_hash(entry)))
+        result.append(NumberedEntry(record, entry, entry_leaf_hash(entry), raw_body))
     return result
 
 

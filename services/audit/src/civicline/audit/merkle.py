@@ -225,6 +225,31 @@ def verify_consistency(
         raise ProofError("consistency proof does not lead to the second root")
 
 
+def root_from_range(
+    first: int, leaves: Sequence[bytes], left: Sequence[bytes], right: Sequence[bytes], size: int
+) -> bytes:
+    """The root of the tree of `size` leaves whose leaves [first, first + len(leaves)) are
+    `leaves`, given the perfect subtrees left of them (`perfect_ranges(0, first)`, largest
+    first) and right of them (`perfect_ranges(end, size)`, in order): a contiguous slice of
+    the log, a day say, is then verified against a signed head without the rest of the log."""
+    end = first + len(leaves)
+    if not 0 <= first <= end <= size:
+        raise ProofError(f"leaves [{first}, {end}) are not in a tree of size {size}")
+    if len(left) != first.bit_count():
+        raise ProofError(f"{len(left)} left hashes, {first.bit_count()} expected")
+    pieces = perfect_ranges(end, size)
+    if len(right) != len(pieces):
+        raise ProofError(f"{len(right)} right hashes, {len(pieces)} expected")
+    for position, element in enumerate([*left, *right]):
+        _check_hash(f"range proof[{position}]", element)
+    tree = CompactRange(first, list(left))
+    for leaf in leaves:
+        tree.append(leaf)
+    for (level, _), element in zip(pieces, right, strict=True):
+        tree.append_subtree(level, element)
+    return tree.root()
+
+
 @dataclass(frozen=True, slots=True)
 class Subtree:
     """A perfect subtree completed by an append: 2**level leaves from index * 2**level."""
@@ -270,6 +295,19 @@ class CompactRange:
         self.hashes.append(current)
         self.size += 1
         return completed
+
+    def append_subtree(self, level: int, subtree_hash: bytes) -> None:
+        """Add the hash of a perfect subtree of 2**level leaves that starts at `size` (which
+        must be a multiple of 2**level): the right-hand part of a range proof."""
+        if self.size % (1 << level):
+            raise ProofError(f"a subtree of level {level} cannot start at leaf {self.size}")
+        current = subtree_hash
+        position = self.size >> level
+        while position & 1:
+            current = node_hash(self.hashes.pop(), current)
+            position >>= 1
+        self.hashes.append(current)
+        self.size += 1 << level
 
     def extend(self, leaves: Iterable[bytes]) -> list[Subtree]:
         completed: list[Subtree] = []

@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from civicline.audit.canonical import LogEntry, entry_leaf_hash
 from civicline.audit.checkpoint import Checkpoint, CheckpointError, Verifier, open_checkpoint
-from civicline.audit.merkle import CompactRange
+from civicline.audit.merkle import CompactRange, ProofError, perfect_ranges
 
 # Rows whose stored leaf hash disagrees with their content are kept to explain them; past this
 # many the log is plainly rewritten wholesale and the rest are only counted.
@@ -66,6 +66,8 @@ class Report:
     heads_checked: int
     saved_checked: int
     findings: tuple[Finding, ...]
+    first_seq: int = 0
+    ranged: bool = False  # a range export: it verifies [first_seq, first_seq + events)
 
     @property
     def ok(self) -> bool:
@@ -74,6 +76,14 @@ class Report:
     def lines(self) -> list[str]:
         result = [str(finding) for finding in self.findings]
         verdict = "OK" if self.ok else f"FAILED ({len(self.findings)} problems)"
+        if self.ranged:
+            end = self.first_seq + self.events
+            proven = "proven" if self.verified_size else "NOT proven"
+            result.append(
+                f"{verdict}: events {self.first_seq} to {end - 1} ({self.events} events) are "
+                f"{proven} by the signed tree head of {self.verified_size or '?'} events"
+            )
+            return result
         result.append(
             f"{verdict}: {self.events} events; {self.heads_checked} signed tree heads and "
             f"{self.saved_checked} saved checkpoints checked; the first {self.verified_size} "
@@ -323,6 +333,124 @@ def _runs(origin: dict[int, int]) -> Iterable[tuple[int, int, int]]:
         if nxt is None or nxt != seq + 1 or origin[nxt] - nxt != run_offset:
             yield start, seq + 1, run_offset
             start = None
+
+
+@dataclass(frozen=True, slots=True)
+class RangeProof:
+    """The perfect subtrees left and right of an exported range, in the tree of `tree_size`."""
+
+    tree_size: int
+    left: tuple[bytes, ...]
+    right: tuple[bytes, ...]
+
+
+@dataclass(slots=True)
+class RangeVerifier:
+    """Verifies a contiguous slice of the log, [first_seq, end_seq) — an export of one day —
+    against a signed head: every leaf recomputed, then the head's root rebuilt from them and
+    the range proof (merkle.root_from_range). Memory O(log n), like LogVerifier."""
+
+    verifier: Verifier
+    heads: Sequence[StoredHead]
+    first_seq: int
+    end_seq: int
+    proof: RangeProof | None
+    saved_checkpoints: Sequence[str] = ()
+    _findings: list[Finding] = field(default_factory=list, init=False)
+    _expected: int = field(default=0, init=False)
+    _tree: CompactRange | None = field(default=None, init=False)
+    _broken: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._expected = self.first_seq
+        if self.proof is not None:
+            if len(self.proof.left) != self.first_seq.bit_count():
+                self._add(self.first_seq, Problem.ROOT_MISMATCH, "the range proof is malformed")
+            else:
+                self._tree = CompactRange(self.first_seq, list(self.proof.left))
+
+    def _add(self, seq: int, problem: Problem, detail: str) -> None:
+        self._findings.append(Finding(seq, problem, detail))
+        self._broken = True
+
+    def add(self, stored: StoredEntry) -> None:
+        seq = stored.entry.seq
+        if seq != self._expected:
+            problem = Problem.REMOVED if seq > self._expected else Problem.REORDERED
+            self._add(
+                self._expected, problem, f"seq {seq} found where seq {self._expected} belongs"
+            )
+            self._expected = max(self._expected, seq + 1)
+            return
+        leaf = entry_leaf_hash(stored.entry)
+        if stored.leaf_hash != leaf:
+            self._add(
+                seq,
+                Problem.CHANGED,
+                f"seq {seq} (event {stored.entry.event_id}) was changed: its content no longer "
+                "matches its stored leaf hash",
+            )
+        if self._tree is not None:
+            self._tree.append(leaf)
+        self._expected = seq + 1
+
+    def finish(self) -> Report:
+        if self._expected < self.end_seq:
+            self._add(
+                self._expected,
+                Problem.TAIL_CUT,
+                f"the export stops at seq {self._expected - 1}; its header says it holds seqs "
+                f"up to {self.end_seq - 1}",
+            )
+        verified = 0
+        roots: list[tuple[str, bytes]] = []
+        for head in self.heads:
+            try:
+                checkpoint = open_checkpoint(head.checkpoint, self.verifier)
+            except CheckpointError as exc:
+                self._add(head.tree_size, Problem.BAD_SIGNATURE, f"tree head: {exc}")
+                continue
+            roots.append((f"signed tree head of size {checkpoint.tree_size}", checkpoint.root_hash))
+        for number, note in enumerate(self.saved_checkpoints, 1):
+            try:
+                checkpoint = open_checkpoint(note, self.verifier)
+            except CheckpointError as exc:
+                self._add(0, Problem.BAD_SIGNATURE, f"saved checkpoint #{number}: {exc}")
+                continue
+            if self.proof is not None and checkpoint.tree_size == self.proof.tree_size:
+                roots.append((f"saved checkpoint #{number}", checkpoint.root_hash))
+        if self.proof is None or not roots:
+            self._add(0, Problem.UNSIGNED, "no signed tree head and range proof cover this range")
+        elif not self._broken and self._tree is not None:
+            tree = self._tree
+            try:
+                for (level, _), element in zip(
+                    perfect_ranges(self.end_seq, self.proof.tree_size),
+                    self.proof.right,
+                    strict=True,
+                ):
+                    tree.append_subtree(level, element)
+                root = tree.root()
+            except (ValueError, ProofError):
+                root = b""
+            for label, expected in roots:
+                if root != expected:
+                    self._add(
+                        self.first_seq,
+                        Problem.ROOT_MISMATCH,
+                        f"{label} does not match these events and the range proof",
+                    )
+            if not self._broken:
+                verified = self.proof.tree_size
+        return Report(
+            events=self._expected - self.first_seq,
+            verified_size=verified,
+            heads_checked=len(self.heads),
+            saved_checked=len(self.saved_checkpoints),
+            findings=tuple(sorted(self._findings)),
+            first_seq=self.first_seq,
+            ranged=True,
+        )
 
 
 def verify_entries(
