@@ -143,3 +143,39 @@ class RateLimitedSender:
             if exc.throttle:
                 await self._schedule.slow_down(phone_number_id)
             raise
+
+
+class BroadcastSender:
+    """Campaign sends: they take slots of the same per-number schedule as replies, but first
+    pass a gate of their own at the rate less the share reserved for replies.
+
+    Both schedules live in Postgres, so the split holds across replicas: broadcasts can never
+    fill the number's schedule, and a reply finds it at most a few reserved slots ahead of
+    now — it is answered within a fraction of a second, not behind the campaign's backlog.
+    A throughput error slows both schedules (replies recover with the shared one).
+    """
+
+    def __init__(
+        self, graph: GraphClient, shared: SendSchedule, pool: asyncpg.Pool, *, broadcast_rate: float
+    ) -> None:
+        self._graph = graph
+        self._shared = shared
+        self._gate = SendSchedule(pool, rate=broadcast_rate)
+
+    @staticmethod
+    def _gate_key(phone_number_id: str) -> str:
+        return f"{phone_number_id}:broadcast"
+
+    async def wait_for_slot(self, phone_number_id: str) -> None:
+        await self._gate.wait_for_slot(self._gate_key(phone_number_id))
+        await self._shared.wait_for_slot(phone_number_id)
+
+    async def send_now(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
+        """Send in the slot `wait_for_slot` gave; a throughput error slows the schedules."""
+        try:
+            return await self._graph.send(phone_number_id, message)
+        except GraphError as exc:
+            if exc.throttle:
+                await self._shared.slow_down(phone_number_id)
+                await self._gate.slow_down(self._gate_key(phone_number_id))
+            raise

@@ -93,6 +93,14 @@ async def _new_events(
         route = classify(inbound, rules)
         updated = apply_message(contact, inbound, route, language)
         await adapters.save_contact(connection, inbound.phone_number_id, citizen, updated)
+        await adapters.record_consent(
+            connection,
+            inbound.phone_number_id,
+            citizen,
+            route,
+            wamid=inbound.wamid,
+            at=inbound.timestamp,
+        )
         events += routed_events(
             inbound,
             route,
