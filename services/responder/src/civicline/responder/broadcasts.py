@@ -32,7 +32,7 @@ from civicline.common.amqp import (
     retry_attempt,
 )
 from civicline.common.envelope import Envelope, EnvelopeError, utc_now
-from civicline.common.failures import DependencyUnavailable, outlast_outage
+from civicline.common.failures import outlast_outage
 from civicline.common.topology import (
     BROADCAST_FAILED,
     BROADCAST_IN_DOUBT,
@@ -111,10 +111,6 @@ class Batcher(Generic[K, I, R]):
                 future.set_result(result)
 
 
-class JobNotFinished(DependencyUnavailable):
-    """Another sender holds a live claim on a recipient of this job; retried in place."""
-
-
 @dataclass
 class _Campaigns:
     """Campaigns as the senders see them, re-read at most every `ttl` seconds: a pause or a
@@ -182,11 +178,11 @@ def broadcast_handler(
             if isinstance(result, BaseException):
                 raise result
         outcomes = [r for r in results if isinstance(r, str)]
-        if "in_progress" in outcomes:
-            raise JobNotFinished(str(job.campaign_id))
-        if "deferred" in outcomes or "retry" in outcomes:
-            # Over the messaging tier, or Meta asked us to come back: the job returns from a
-            # delay queue, and its recipients already settled are not sent again.
+        if {"deferred", "retry", "in_progress"} & set(outcomes):
+            # Over the messaging tier, Meta asked us to come back, or another sender's claim
+            # is still live (a responder that died mid-call: its lease runs out): the job
+            # returns from a delay queue, and its recipients already settled are not sent
+            # again.
             attempt = retry_attempt(message) + 1
             await publisher.retry_later(message, RESPONDER_BROADCASTS, attempt)
         elif "halted" in outcomes:
@@ -294,10 +290,6 @@ async def _report_settled(
         event = recipient_event(BROADCAST_FAILED, campaign_id, wa_id, now, {"error": error})
     if event is not None:
         await publisher.publish_envelope(event)
-
-
-class StatusNotYetJoined(DependencyUnavailable):
-    pass
 
 
 def status_handler(pool: asyncpg.Pool, publisher: Publisher) -> MessageHandler:
