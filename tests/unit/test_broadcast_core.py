@@ -34,6 +34,7 @@ from civicline.responder.campaigns import (
 from civicline.responder.catalog import load_catalog
 from civicline.responder.core import InboundRef, Send, decide
 from civicline.router.core import InboundMessage
+from civicline.router.events import ContactState, apply_message
 from civicline.router.rules import classify, load_rules
 
 TOPICS = load_topics()
@@ -399,3 +400,12 @@ async def test_batcher_passes_a_failure_to_every_caller() -> None:
 
 def test_campaign_ids_are_uuids() -> None:
     assert uuid.UUID(str(uuid.uuid4()))
+
+
+def test_subscribing_to_a_topic_is_an_opt_in_and_stop_is_not_undone_by_a_bare_word() -> None:
+    stopped = ContactState(opted_out=True, opted_out_at=datetime.now(UTC))
+    message = text_message("SUBSCRIBE FLOOD")
+    route = classify(message, RULES)
+    assert not apply_message(stopped, message, route, "en").opted_out
+    bare = text_message("sub")
+    assert apply_message(stopped, bare, classify(bare, RULES), "en").opted_out

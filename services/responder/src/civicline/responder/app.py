@@ -20,7 +20,7 @@ from civicline.responder.handlers import responder_handler
 from civicline.responder.throttle import BroadcastSender, RateLimitedSender, SendSchedule
 
 # Campaign jobs each carry up to 100 recipients; a few at a time keep the senders busy.
-BROADCAST_PREFETCH = 4
+BROADCAST_PREFETCH = 8
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -78,7 +78,8 @@ def create_app(settings: Settings) -> web.Application:
             runtime.pool,
             runtime.publisher,
             sender,
-            concurrency=settings.responder_broadcast_concurrency,
+            # Calls in flight: a wave per job in flight (the prefetch).
+            wave_size=max(1, settings.responder_broadcast_concurrency // BROADCAST_PREFETCH),
             tier=settings.responder_messaging_tier,
         )
 

@@ -1,13 +1,13 @@
 """Sending campaigns: the driver that starts, expands and completes them, the consumer of
 their send jobs, and the consumer of delivery statuses.
 
-A job is a chunk of recipients. Each recipient waits for a broadcast slot of the number's
-schedule, is claimed in Postgres (with the messaging-tier check) just before its Graph API
-call, and its outcome is recorded and published after; many calls are in flight at once
-(bounded), unlike the one-at-a-time answers to one citizen. Claims and outcomes of concurrent
-sends are written in small batches, so a thousand sends a second are a few dozen
-transactions, while each claim still happens right before its own call: a responder killed
-mid-campaign leaves in doubt only the calls that were in flight.
+A job is a chunk of recipients, sent in waves: a wave takes a broadcast slot of the number's
+schedule for each recipient, claims them in Postgres in one transaction (with the
+messaging-tier check) just before their slots come, sends each at its slot's time, and
+records and publishes each outcome; several jobs' waves are in flight at once (bounded),
+unlike the one-at-a-time answers to one citizen. Outcomes of concurrent sends are written in
+small batches, so a thousand sends a second are a few dozen transactions; a responder killed
+mid-campaign leaves in doubt only the wave(s) in flight.
 """
 
 from __future__ import annotations
@@ -42,12 +42,20 @@ from civicline.common.topology import (
     RESPONDER_STATUSES,
 )
 from civicline.responder import campaign_store as store
-from civicline.responder.campaigns import Job, delivery_event, recipient_event, template_message
+from civicline.responder.campaigns import (
+    Job,
+    chunks,
+    delivery_event,
+    recipient_event,
+    template_message,
+)
 from civicline.responder.graph import GraphError
 from civicline.responder.throttle import BroadcastSender
 
 log = structlog.get_logger(__name__)
 
+MISSING_RETRIES = 3
+MISSING_PAUSES = (0.02, 0.1, 0.3)
 BROADCASTS = Counter("civicline_broadcast_sends_total", "Campaign send outcomes", ["outcome"])
 
 K = TypeVar("K", bound=Hashable)
@@ -64,7 +72,7 @@ class Batcher(Generic[K, I, R]):
         flush: Callable[[K, list[I]], Awaitable[Sequence[R]]],
         *,
         max_items: int = 64,
-        linger: float = 0.002,
+        linger: float = 0.005,
     ) -> None:
         self._flush = flush
         self._max = max_items
@@ -137,23 +145,17 @@ def broadcast_handler(
     publisher: Publisher,
     sender: BroadcastSender,
     *,
-    concurrency: int,
+    wave_size: int,
     tier: int | None,
 ) -> MessageHandler:
+    """Send jobs: each job's recipients go in waves of `wave_size`, their sends concurrent;
+    with several jobs in flight (the prefetch), that many Graph API calls at most."""
     campaigns = _Campaigns(pool)
-    in_flight = asyncio.Semaphore(concurrency)
-
-    async def claim_batch(
-        campaign_id: uuid.UUID, requests: list[tuple[str, str]]
-    ) -> list[store.Claim]:
-        claims = await store.claim(pool, campaign_id, requests, tier=tier)
-        return [claims[wa_id] for wa_id, _ in requests]
 
     async def settle_batch(campaign_id: uuid.UUID, outcomes: list[store.Outcome]) -> list[None]:
         await store.settle(pool, campaign_id, outcomes)
         return [None] * len(outcomes)
 
-    claims: Batcher[uuid.UUID, tuple[str, str], store.Claim] = Batcher(claim_batch)
     settles: Batcher[uuid.UUID, store.Outcome, None] = Batcher(settle_batch)
 
     async def handle(message: AbstractIncomingMessage) -> None:
@@ -168,64 +170,107 @@ def broadcast_handler(
             await publisher.retry_later(message, RESPONDER_BROADCASTS, 1)
             return
         claimer = delivery_id.get() or uuid.uuid4().hex
-        # Every send finishes before the job is settled or retried: a retry must never run
-        # beside sends of the attempt before it.
-        results = await asyncio.gather(
-            *(send_one(campaign, wa_id, language, claimer) for wa_id, language in job.recipients),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        outcomes = [r for r in results if isinstance(r, str)]
-        if {"deferred", "retry", "in_progress"} & set(outcomes):
+        outcomes: list[str] = []
+        for wave in chunks(job.recipients, wave_size):
+            current = await campaigns.get(job.campaign_id)
+            if current is None or current.state != "running":
+                outcomes.append("halted")  # paused or cancelled: within half a second
+                break
+            outcomes += await send_wave(current, wave, claimer)
+        # Recipients still missing after a few looks were expanded again in another job.
+        waiting = {"deferred", "retry", "in_progress"}
+        if retry_attempt(message) < MISSING_RETRIES:
+            waiting.add("missing")
+        if waiting & set(outcomes):
             # Over the messaging tier, Meta asked us to come back, or another sender's claim
             # is still live (a responder that died mid-call: its lease runs out): the job
             # returns from a delay queue, and its recipients already settled are not sent
             # again.
             attempt = retry_attempt(message) + 1
             await publisher.retry_later(message, RESPONDER_BROADCASTS, attempt)
+            log.info(
+                "broadcast_job_retry_later",
+                campaign_id=str(job.campaign_id),
+                attempt=attempt,
+                outcomes={o: outcomes.count(o) for o in set(outcomes)},
+            )
         elif "halted" in outcomes:
             refreshed = await store.get(pool, job.campaign_id)
             if refreshed is not None and refreshed.state == "paused":
                 await publisher.retry_later(message, RESPONDER_BROADCASTS, 1)
 
-    async def send_one(campaign: store.Campaign, wa_id: str, language: str, claimer: str) -> str:
-        async with in_flight:
-            current = await campaigns.get(campaign.id)
-            if current is None or current.state != "running":
-                return "halted"
-            pnid = campaign.spec.phone_number_id
-            await sender.wait_for_slot(pnid)
-            claim = await claims.submit(campaign.id, (wa_id, claimer))
-            if claim.kind != "claimed":
-                await _report_settled(publisher, campaign.id, wa_id, claim)
-                return claim.kind
-            message = template_message(campaign.spec, wa_id, language)
-            try:
-                result = await sender.send_now(pnid, message)
-            except GraphError as exc:
-                return await _not_sent(campaign, wa_id, language, exc)
-            # Meta has it: only an outage may delay the record, never lose it.
-            await outlast_outage(
-                lambda: settles.submit(campaign.id, store.Outcome(wa_id, "sent", result.wamid)),
-                what="campaign recipients",
+    async def send_wave(
+        campaign: store.Campaign, wave: Sequence[tuple[str, str]], claimer: str
+    ) -> list[str]:
+        """Claim the wave's recipients in one transaction, take a slot for each claimed one,
+        then send each at its slot's time (the claim's latency never makes a slot late)."""
+        pnid = campaign.spec.phone_number_id
+        requests = [(wa_id, claimer) for wa_id, _ in wave]
+        claims = await store.claim(pool, campaign.id, requests, tier=tier)
+        for pause in MISSING_PAUSES:
+            if all(claim.kind != "missing" for claim in claims.values()):
+                break
+            # The job overtook its expansion's commit (published just before it): look again
+            # in a moment; our own claims from the first look come back as ours.
+            await asyncio.sleep(pause)
+            claims = await store.claim(pool, campaign.id, requests, tier=tier)
+        unused = (0.0, -1)  # not sent: no slot taken
+        slots = [
+            await sender.next_slot(pnid) if claims[wa_id].kind == "claimed" else unused
+            for wa_id, _ in wave
+        ]
+        # Every send of the wave finishes before the job goes on, is retried or fails: a
+        # retry must never run beside sends of the attempt before it.
+        results = await asyncio.gather(
+            *(
+                send_claimed(campaign, wa_id, language, claims[wa_id], slot)
+                for (wa_id, language), slot in zip(wave, slots, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in results if isinstance(r, str)]
+
+    async def send_claimed(
+        campaign: store.Campaign,
+        wa_id: str,
+        language: str,
+        claim: store.Claim,
+        slot: tuple[float, int],
+    ) -> str:
+        if claim.kind != "claimed":
+            await _report_settled(publisher, campaign.id, wa_id, claim)
+            return claim.kind
+        pnid = campaign.spec.phone_number_id
+        while not await sender.wait_until(pnid, slot):
+            slot = await sender.next_slot(pnid)
+        message = template_message(campaign.spec, wa_id, language)
+        try:
+            result = await sender.send_now(pnid, message)
+        except GraphError as exc:
+            return await _not_sent(campaign, wa_id, language, exc)
+        # Meta has it: only an outage may delay the record, never lose it.
+        await outlast_outage(
+            lambda: settles.submit(campaign.id, store.Outcome(wa_id, "sent", result.wamid)),
+            what="campaign recipients",
+        )
+        await publisher.publish_envelope(
+            recipient_event(
+                BROADCAST_SENT,
+                campaign.id,
+                wa_id,
+                utc_now(),
+                {
+                    "wamid": result.wamid,
+                    "language": language,
+                    "template": campaign.spec.template,
+                },
             )
-            await publisher.publish_envelope(
-                recipient_event(
-                    BROADCAST_SENT,
-                    campaign.id,
-                    wa_id,
-                    utc_now(),
-                    {
-                        "wamid": result.wamid,
-                        "language": language,
-                        "template": campaign.spec.template,
-                    },
-                )
-            )
-            BROADCASTS.labels("sent").inc()
-            return "sent"
+        )
+        BROADCASTS.labels("sent").inc()
+        return "sent"
 
     async def _not_sent(
         campaign: store.Campaign, wa_id: str, language: str, exc: GraphError
@@ -243,6 +288,7 @@ def broadcast_handler(
         if exc.retryable:
             await settles.submit(campaign.id, store.Outcome(wa_id, "queued"))
             BROADCASTS.labels("retry").inc()
+            log.info("broadcast_send_retry_later", campaign_id=str(campaign.id), error=str(exc))
             return "retry"
         await settles.submit(campaign.id, store.Outcome(wa_id, "failed", error_code=exc.code))
         await publisher.publish_envelope(

@@ -421,7 +421,8 @@ class Claim:
     kind: `claimed` (send now), `halted` (the campaign is not running), `deferred` (over the
     messaging tier), `in_progress` (another sender's live claim), `in_doubt` (a dead sender's
     claim: never sent again), `skipped` (opted out or unsubscribed since), `done` (settled
-    before: state/wamid/error_code say how).
+    before: state/wamid/error_code say how), `missing` (no such recipient: not committed yet,
+    or its expansion was rolled back and done again in another job).
     """
 
     kind: str
@@ -545,7 +546,8 @@ async def claim(
                 doubts,
             )
     for wa_id in wa_ids:
-        outcomes.setdefault(wa_id, Claim("done", "unknown"))
+        # Not (yet) there: the expansion publishes a job just before its transaction commits.
+        outcomes.setdefault(wa_id, Claim("missing"))
     return outcomes
 
 
