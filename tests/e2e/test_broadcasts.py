@@ -461,8 +461,14 @@ async def test_a_responder_killed_mid_campaign_loses_and_duplicates_nothing(
     pipeline: Pipeline, simulator_url: str
 ) -> None:
     database_url = pipeline.environment.database_url
-    audience = 3_000
-    await seed_subscribers(database_url, "vaccination", "8290", audience)
+    await seed_subscribers(database_url, "vaccination", "8290", 3_000)
+    connection = await asyncpg.connect(database_url)
+    try:
+        audience = await connection.fetchval(
+            "SELECT count(*) FROM subscriptions WHERE topic = 'vaccination' AND subscribed"
+        )
+    finally:
+        await connection.close()
     after = await last_sequence(simulator_url)
     campaign = await api(
         pipeline,
@@ -482,6 +488,7 @@ async def test_a_responder_killed_mid_campaign_loses_and_duplicates_nothing(
     # Nobody got it twice, and everyone is accounted for: sent, or reported in doubt when
     # the kill cut their Graph API call (never resent blindly).
     assert summary["duplicates"] == {}
+    assert progress["total"] == audience  # the 3,000 and whoever subscribed by message
     assert progress["sent"] + progress["in_doubt"] == audience
     assert progress["in_doubt"] <= BROADCAST_CONCURRENCY
     assert progress["sent"] <= summary["accepted"] <= audience
