@@ -492,6 +492,11 @@ async def test_a_responder_killed_mid_campaign_loses_and_duplicates_nothing(
     assert progress["sent"] + progress["in_doubt"] == audience
     assert progress["in_doubt"] <= BROADCAST_CONCURRENCY
     assert progress["sent"] <= summary["accepted"] <= audience
+    # The operator can list who is in doubt, to decide what to do about them.
+    exported = cli(pipeline, "recipients", campaign["id"], "--state", "in_doubt")
+    lines = exported.splitlines()
+    assert lines[0] == "wa_id,language,wamid,error_code,reason"
+    assert len(lines) - 1 == progress["in_doubt"]
     print(f"\nkilled mid-campaign: {progress['in_doubt']} in doubt, {summary['accepted']} at Meta")
 
 

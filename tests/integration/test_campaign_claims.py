@@ -98,7 +98,9 @@ async def test_the_tier_counts_unique_citizens_across_campaigns(pool: asyncpg.Po
     ]
 
 
-async def test_a_dead_senders_claim_is_in_doubt_and_never_sent_again(pool: asyncpg.Pool) -> None:
+async def test_a_dead_senders_claim_is_taken_over_unless_it_was_calling_meta(
+    pool: asyncpg.Pool,
+) -> None:
     campaign = await running_campaign(pool, ["d1", "d2"])
     first = await store.claim(pool, campaign, [("d1", "one"), ("d2", "one")], tier=None)
     assert {c.kind for c in first.values()} == {"claimed"}
@@ -108,14 +110,25 @@ async def test_a_dead_senders_claim_is_in_doubt_and_never_sent_again(pool: async
     assert again["d1"].kind == "claimed"
     other = await store.claim(pool, campaign, [("d1", "two")], tier=None)
     assert other["d1"].kind == "in_progress"
-    # The first sender died: once its lease is over, the recipient is in doubt, for good.
-    await pool.execute(
-        "UPDATE campaign_recipients SET claimed_at = now() - interval '1 minute' WHERE wa_id = 'd1'"
-    )
-    late = await store.claim(pool, campaign, [("d1", "two")], tier=None)
+
+    async def expire() -> None:
+        await pool.execute(
+            "UPDATE campaign_recipients SET claimed_at = now() - interval '1 minute'"
+        )
+
+    # The first sender died before calling Meta: another takes the recipient over.
+    await expire()
+    taken = await store.claim(pool, campaign, [("d1", "two")], tier=None)
+    assert taken["d1"].kind == "claimed"
+    assert await store.mark_sending(pool, campaign, [("d1", "one")]) == set()  # not its own
+    assert await store.mark_sending(pool, campaign, [("d1", "two")]) == {"d1"}
+    # That one died while calling Meta: in doubt, for good.
+    await expire()
+    late = await store.claim(pool, campaign, [("d1", "three")], tier=None)
     assert late["d1"].kind == "in_doubt"
-    later = await store.claim(pool, campaign, [("d1", "three")], tier=None)
+    later = await store.claim(pool, campaign, [("d1", "four")], tier=None)
     assert (later["d1"].kind, later["d1"].state) == ("done", "in_doubt")
+    assert await store.mark_sending(pool, campaign, [("d2", "one")]) == {"d2"}
     await store.settle(pool, campaign, [store.Outcome("d2", "sent", "wamid.d2")])
     settled = await store.claim(pool, campaign, [("d2", "two")], tier=None)
     assert (settled["d2"].kind, settled["d2"].wamid) == ("done", "wamid.d2")

@@ -140,6 +140,40 @@ def add_campaign_routes(app: web.Application, tokens: Sequence[str], topics: Top
             return _problem(409, str(exc))
         return _json({"received": len(recipients), "added": added})
 
+    async def export(request: web.Request) -> web.StreamResponse:
+        """`GET /campaigns/{id}/recipients?state=in_doubt`: CSV `wa_id,language,wamid,
+        error_code,reason`, e.g. to decide what to do about the citizens left in doubt."""
+        state = request.query.get("state", "")
+        if state not in store.RECIPIENT_STATES:
+            return _problem(
+                400, f"state must be one of {', '.join(sorted(store.RECIPIENT_STATES))}"
+            )
+        pool = request.app[RUNTIME].pool
+        campaign = await store.get(pool, campaign_id(request))
+        if campaign is None:
+            return _problem(404, "no such campaign")
+        response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
+        await response.prepare(request)
+        await response.write(b"wa_id,language,wamid,error_code,reason\n")
+        async with pool.acquire() as connection, connection.transaction():
+            lines: list[str] = []
+            async for row in store.recipients(connection, campaign.id, state):
+                values = (
+                    row["wa_id"],
+                    row["language"],
+                    row["wamid"],
+                    row["error_code"],
+                    row["reason"],
+                )
+                lines.append(",".join("" if v is None else str(v) for v in values))
+                if len(lines) >= 1000:
+                    await response.write(("\n".join(lines) + "\n").encode())
+                    lines.clear()
+            if lines:
+                await response.write(("\n".join(lines) + "\n").encode())
+        await response.write_eof()
+        return response
+
     def action(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def act(request: web.Request) -> web.Response:
             runtime = request.app[RUNTIME]
@@ -167,5 +201,6 @@ def add_campaign_routes(app: web.Application, tokens: Sequence[str], topics: Top
     app.router.add_get("/campaigns", listing)
     app.router.add_get("/campaigns/{id}", show)
     app.router.add_post("/campaigns/{id}/list", upload)
+    app.router.add_get("/campaigns/{id}/recipients", export)
     for name in ("schedule", "pause", "resume", "cancel"):
         app.router.add_post(f"/campaigns/{{id}}/{name}", action(name))

@@ -158,6 +158,13 @@ def broadcast_handler(
 
     settles: Batcher[uuid.UUID, store.Outcome, None] = Batcher(settle_batch)
 
+    async def mark_batch(campaign_id: uuid.UUID, requests: list[tuple[str, str]]) -> list[bool]:
+        marked = await store.mark_sending(pool, campaign_id, requests)
+        return [wa_id in marked for wa_id, _ in requests]
+
+    # Short linger: the mark is the last thing before a call whose slot has come.
+    markings: Batcher[uuid.UUID, tuple[str, str], bool] = Batcher(mark_batch, linger=0.001)
+
     async def handle(message: AbstractIncomingMessage) -> None:
         try:
             job = Job.from_payload(Envelope.decode(message.body).payload)
@@ -223,7 +230,7 @@ def broadcast_handler(
         # retry must never run beside sends of the attempt before it.
         results = await asyncio.gather(
             *(
-                send_claimed(campaign, wa_id, language, claims[wa_id], slot)
+                send_claimed(campaign, wa_id, language, claims[wa_id], slot, claimer)
                 for (wa_id, language), slot in zip(wave, slots, strict=True)
             ),
             return_exceptions=True,
@@ -239,6 +246,7 @@ def broadcast_handler(
         language: str,
         claim: store.Claim,
         slot: tuple[float, int],
+        claimer: str,
     ) -> str:
         if claim.kind != "claimed":
             await _report_settled(publisher, campaign.id, wa_id, claim)
@@ -246,6 +254,9 @@ def broadcast_handler(
         pnid = campaign.spec.phone_number_id
         while not await sender.wait_until(pnid, slot):
             slot = await sender.next_slot(pnid)
+        # From here a crash leaves the recipient in doubt; before, it is claimed again.
+        if not await markings.submit(campaign.id, (wa_id, claimer)):
+            return "halted"  # cancelled since the claim
         message = template_message(campaign.spec, wa_id, language)
         try:
             result = await sender.send_now(pnid, message)

@@ -9,7 +9,7 @@ redone change publishes the same deterministic event id again.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,9 +37,11 @@ from civicline.responder.campaigns import (
     transition,
 )
 
-# A 'sending' claim younger than this may belong to a live sender (a Graph API call times out
-# after 10 s, then the outcome is written); an older one was left by a sender that died, so
-# whether Meta got the message is unknown and it is never sent again (reported in doubt).
+# A claim younger than this may belong to a live sender (a wave waits a moment for its
+# slots; a Graph API call times out after 10 s, then the outcome is written). An older one was
+# left by a sender that died: if it was only 'claimed', Meta was never called and the
+# recipient is claimed again; if it was 'sending', whether Meta got the message is unknown and
+# it is never sent again (reported in doubt).
 BROADCAST_LEASE_SECONDS = 15.0
 # Meta's messaging tier counts unique citizens over a moving 24 hours (reference §6).
 TIER_WINDOW = timedelta(hours=24)
@@ -224,7 +226,8 @@ async def _change(
         # Nobody still waiting gets it; sends already with Meta keep their outcome.
         cancelled = await connection.fetchval(
             """WITH c AS (UPDATE campaign_recipients SET state = 'cancelled', updated_at = now()
-                          WHERE campaign_id = $1 AND state = 'queued' RETURNING 1)
+                          WHERE campaign_id = $1 AND state IN ('queued', 'claimed')
+                          RETURNING 1)
                SELECT count(*) FROM c""",
             campaign_id,
         )
@@ -319,7 +322,7 @@ async def step(pool: asyncpg.Pool, publisher: Publisher, campaign_id: uuid.UUID)
             return True
         unsettled = await connection.fetchval(
             """SELECT EXISTS (SELECT 1 FROM campaign_recipients WHERE campaign_id = $1
-                              AND state IN ('queued', 'sending'))""",
+                              AND state IN ('queued', 'claimed', 'sending'))""",
             campaign_id,
         )
         if unsettled:
@@ -439,8 +442,9 @@ async def claim(
     *,
     tier: int | None,
 ) -> dict[str, Claim]:
-    """Claim recipients (wa_id, claimer) for sending in one transaction: the row is marked
-    'sending' before the Graph API call, as the reply ledger is, so a crash never sends twice."""
+    """Claim recipients (wa_id, claimer) for sending, in one transaction. A claimed recipient
+    is marked 'sending' (`mark_sending`) right before its Graph API call, as the reply ledger
+    is, so a crash never sends twice, and loses only the calls in flight."""
     claimers = dict(requests)
     wa_ids = list(claimers)
     outcomes: dict[str, Claim] = {}
@@ -478,17 +482,19 @@ async def claim(
         doubts: list[str] = []
         for row in rows:
             wa_id = row["wa_id"]
-            if row["state"] == "queued":
+            own = row["claimed_by"] == claimers[wa_id]
+            if row["state"] == "claimed" and own:
+                # Our own claim, whose commit answer was lost: still ours to send.
+                outcomes[wa_id] = Claim("claimed")
+            elif row["state"] in ("claimed", "sending") and row["live"] and not own:
+                outcomes[wa_id] = Claim("in_progress")
+            elif row["state"] in ("queued", "claimed"):
+                # Queued, or claimed by a sender that died before calling Meta.
                 if row["opted_out"] or row["unsubscribed"]:
                     skips[wa_id] = "opted_out" if row["opted_out"] else "unsubscribed"
                     outcomes[wa_id] = Claim("skipped", reason=skips[wa_id])
                 else:
                     candidates.append(wa_id)
-            elif row["state"] == "sending" and row["claimed_by"] == claimers[wa_id]:
-                # Our own claim, whose commit answer was lost: still ours to send.
-                outcomes[wa_id] = Claim("claimed")
-            elif row["state"] == "sending" and row["live"]:
-                outcomes[wa_id] = Claim("in_progress")
             elif row["state"] == "sending":
                 doubts.append(wa_id)
                 outcomes[wa_id] = Claim("in_doubt")
@@ -513,7 +519,7 @@ async def claim(
             outcomes.update(dict.fromkeys(deferred, Claim("deferred")))
         if admitted:
             await connection.execute(
-                """UPDATE campaign_recipients AS r SET state = 'sending', claimed_by = u.claimer,
+                """UPDATE campaign_recipients AS r SET state = 'claimed', claimed_by = u.claimer,
                           claimed_at = clock_timestamp(), updated_at = now()
                    FROM unnest($2::text[], $3::text[]) AS u(wa_id, claimer)
                    WHERE r.campaign_id = $1 AND r.wa_id = u.wa_id""",
@@ -541,7 +547,8 @@ async def claim(
         if doubts:
             await connection.execute(
                 """UPDATE campaign_recipients SET state = 'in_doubt', updated_at = now()
-                   WHERE campaign_id = $1 AND wa_id = ANY($2::text[]) AND state = 'sending'""",
+                   WHERE campaign_id = $1 AND wa_id = ANY($2::text[]) AND state = 'sending'
+                   """,
                 campaign_id,
                 doubts,
             )
@@ -549,6 +556,24 @@ async def claim(
         # Not (yet) there: the expansion publishes a job just before its transaction commits.
         outcomes.setdefault(wa_id, Claim("missing"))
     return outcomes
+
+
+async def mark_sending(
+    pool: asyncpg.Pool, campaign_id: uuid.UUID, requests: Sequence[tuple[str, str]]
+) -> set[str]:
+    """Mark claimed recipients (wa_id, claimer) as being sent, right before their Graph API
+    calls; returns those marked (a recipient cancelled since is not)."""
+    rows = await pool.fetch(
+        """UPDATE campaign_recipients AS r SET state = 'sending', claimed_at = clock_timestamp()
+           FROM unnest($2::text[], $3::text[]) AS u(wa_id, claimer)
+           WHERE r.campaign_id = $1 AND r.wa_id = u.wa_id AND r.state = 'claimed'
+             AND r.claimed_by = u.claimer
+           RETURNING r.wa_id""",
+        campaign_id,
+        [wa_id for wa_id, _ in requests],
+        [claimer for _, claimer in requests],
+    )
+    return {row["wa_id"] for row in rows}
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,3 +649,34 @@ async def send_pending_for(pool: asyncpg.Pool, citizen: str) -> bool:
             citizen,
         )
     )
+
+
+RECIPIENT_STATES = frozenset(
+    {
+        "queued",
+        "claimed",
+        "sending",
+        "sent",
+        "delivered",
+        "read",
+        "failed",
+        "in_doubt",
+        "skipped",
+        "cancelled",
+    }
+)
+
+
+async def recipients(
+    connection: asyncpg.Connection, campaign_id: uuid.UUID, state: str
+) -> AsyncIterator[asyncpg.Record]:
+    """A campaign's recipients in `state`, in wa_id order, read through a server-side cursor
+    (never all in memory); call inside a transaction."""
+    async for row in connection.cursor(
+        """SELECT wa_id, language, wamid, error_code, reason FROM campaign_recipients
+           WHERE campaign_id = $1 AND state = $2 ORDER BY wa_id""",
+        campaign_id,
+        state,
+        prefetch=1000,
+    ):
+        yield row

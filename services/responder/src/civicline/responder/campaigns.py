@@ -33,10 +33,10 @@ T = TypeVar("T")
 
 STATES: Final = ("draft", "scheduled", "running", "paused", "completed", "cancelled")
 FINAL_STATES: Final = frozenset({"completed", "cancelled"})
-# Recipients: queued -> sending -> sent -> delivered -> read; or failed, in_doubt, skipped,
-# cancelled. Meta's statuses may arrive out of order: a state only ever moves forward.
+# Recipients: queued -> claimed -> sending -> sent -> delivered -> read; or failed, in_doubt,
+# skipped, cancelled. Meta's statuses may arrive out of order: a state only ever moves forward.
 _DELIVERY_RANK: Final = {"sent": 1, "delivered": 2, "read": 3}
-UNSETTLED: Final = frozenset({"queued", "sending"})
+UNSETTLED: Final = frozenset({"queued", "claimed", "sending"})
 
 _TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
 _TEMPLATE_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2}|_[A-Z][a-z]{3})?")
@@ -427,7 +427,7 @@ def summarise(rows: Iterable[tuple[str, str | None, int | None, int]]) -> Progre
     return Progress(
         total=total,
         queued=counts.get("queued", 0),
-        sending=counts.get("sending", 0),
+        sending=counts.get("claimed", 0) + counts.get("sending", 0),
         sent=counts.get("sent", 0) + delivered + failed_after_sent,
         delivered=delivered,
         read=read,

@@ -4,6 +4,7 @@
     civicline-campaign list
     civicline-campaign show <id> [--watch]
     civicline-campaign pause|resume|cancel|schedule <id>
+    civicline-campaign recipients <id> --state in_doubt > in-doubt.csv
 
 The API is at --url (default http://127.0.0.1:$RESPONDER_PORT, port 8082); the operator's token
 comes from $CAMPAIGN_OPERATOR_TOKEN or --token-file. README, "Broadcasts", has the spec format.
@@ -36,7 +37,13 @@ class Api:
         self._token = token
 
     def call(
-        self, method: str, path: str, body: bytes | None = None, content_type: str = ""
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "",
+        *,
+        raw: bool = False,
     ) -> Any:
         request = urllib.request.Request(  # noqa: S310 - the operator's own URL
             f"{self._url}{path}", data=body, method=method
@@ -46,7 +53,8 @@ class Api:
             request.add_header("Content-Type", content_type)
         try:
             with urllib.request.urlopen(request, timeout=120) as answer:  # noqa: S310
-                return json.loads(answer.read() or b"null")
+                data = answer.read()
+                return data.decode("utf-8") if raw else json.loads(data or b"null")
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")
             with contextlib.suppress(ValueError, AttributeError):
@@ -103,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     show.add_argument("--watch", action="store_true", help="repeat every 2 s until it ends")
     for action in ACTIONS:
         commands.add_parser(action, help=f"{action} a campaign").add_argument("id")
+    export = commands.add_parser("recipients", help="a campaign's recipients in one state, as CSV")
+    export.add_argument("id")
+    export.add_argument("--state", default="in_doubt", help="default: in_doubt")
     args = parser.parse_args(argv)
 
     token = os.environ.get("CAMPAIGN_OPERATOR_TOKEN", "")
@@ -144,6 +155,9 @@ def run(api: Api, args: argparse.Namespace) -> None:
             if not args.watch or campaign["state"] in ("completed", "cancelled"):
                 break
             time.sleep(2)
+    elif args.command == "recipients":
+        path = f"/campaigns/{args.id}/recipients?state={args.state}"
+        sys.stdout.write(api.call("GET", path, raw=True))
     else:
         show(api.call("POST", f"/campaigns/{args.id}/{args.command}"))
 

@@ -34,8 +34,10 @@ CREATE TABLE campaign_recipients (
     wa_id       text        NOT NULL,
     via_topic   text,        -- the topic that put them in the audience; NULL: the uploaded list
     language    text        NOT NULL,  -- the template language chosen for them
-    state       text        NOT NULL CHECK (state IN ('queued', 'sending', 'sent', 'delivered',
-                            'read', 'failed', 'in_doubt', 'skipped', 'cancelled')),
+    -- queued -> claimed (a sender will call Meta soon) -> sending (the call is being made)
+    -- -> sent -> delivered -> read; or failed, in_doubt, skipped, cancelled.
+    state       text        NOT NULL CHECK (state IN ('queued', 'claimed', 'sending', 'sent',
+                            'delivered', 'read', 'failed', 'in_doubt', 'skipped', 'cancelled')),
     reason      text,        -- why skipped (opted_out, unsubscribed)
     claimed_by  text,
     claimed_at  timestamptz,
@@ -50,7 +52,7 @@ CREATE UNIQUE INDEX campaign_recipients_wamid_idx ON campaign_recipients (wamid)
 -- Small: only the rows not yet settled, to tell when a campaign is done and whether a status
 -- may be about a send whose wamid is still being recorded.
 CREATE INDEX campaign_recipients_open_idx ON campaign_recipients (campaign_id)
-    WHERE state IN ('queued', 'sending');
+    WHERE state IN ('queued', 'claimed', 'sending');
 CREATE INDEX campaign_recipients_sending_idx ON campaign_recipients (wa_id)
     WHERE state = 'sending';
 
