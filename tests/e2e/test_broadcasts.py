@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 SEND_RATE = 1000
 OPERATOR_TOKEN = "e2e-operator-token"
-BROADCAST_CONCURRENCY = 128
+BROADCAST_CONCURRENCY = 256
 TEMPLATE = {
     "name": "civicline_flood_warning",
     "languages": {"ko": "ko", "ja": "ja", "en": "en_US"},

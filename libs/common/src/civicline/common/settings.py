@@ -72,7 +72,7 @@ class Settings:
     # The share of the send rate campaigns leave to replies, so citizens' questions are
     # answered during a broadcast.
     responder_reply_reserve: float = 0.2
-    responder_broadcast_concurrency: int = 64
+    responder_broadcast_concurrency: int = 256
     campaign_operator_tokens: tuple[str, ...] = field(default=(), repr=False)
     topics_path: str | None = None
     audit_batch_size: int = 256
@@ -159,7 +159,7 @@ class Settings:
             responder_send_rate=integer("RESPONDER_SEND_RATE", 80),
             responder_messaging_tier=_tier(values.get("RESPONDER_MESSAGING_TIER"), problems),
             responder_reply_reserve=_share(values.get("RESPONDER_REPLY_RESERVE"), problems),
-            responder_broadcast_concurrency=integer("RESPONDER_BROADCAST_CONCURRENCY", 64),
+            responder_broadcast_concurrency=integer("RESPONDER_BROADCAST_CONCURRENCY", 256),
             campaign_operator_tokens=tuple(
                 t.strip()
                 for t in values.get("CAMPAIGN_OPERATOR_TOKENS", "").replace("\n", ",").split(",")

@@ -19,8 +19,9 @@ from civicline.responder.graph import GraphClient
 from civicline.responder.handlers import responder_handler
 from civicline.responder.throttle import BroadcastSender, RateLimitedSender, SendSchedule
 
-# Campaign jobs each carry up to 100 recipients; a few at a time keep the senders busy.
-BROADCAST_PREFETCH = 8
+# Campaign jobs (100 recipients each) in flight at once: each sends one wave at a time, so
+# several keep the number's broadcast slots used while others wait on Postgres or Meta.
+BROADCAST_PREFETCH = 16
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -163,7 +163,7 @@ def broadcast_handler(
         return [wa_id in marked for wa_id, _ in requests]
 
     # Short linger: the mark is the last thing before a call whose slot has come.
-    markings: Batcher[uuid.UUID, tuple[str, str], bool] = Batcher(mark_batch, linger=0.001)
+    markings: Batcher[uuid.UUID, tuple[str, str], bool] = Batcher(mark_batch, linger=0.003)
 
     async def handle(message: AbstractIncomingMessage) -> None:
         try:
