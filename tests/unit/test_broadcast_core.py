@@ -5,6 +5,7 @@ expansion chunking, the messaging tier, the replies' reserved share, progress.""
 from __future__ import annotations
 
 import asyncio
+import tomllib
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -341,7 +342,8 @@ def test_progress_counts_every_recipient_once() -> None:
     progress = summarise(
         [
             ("queued", None, None, 5),
-            ("sending", None, None, 2),
+            ("claimed", None, None, 1),
+            ("sending", None, None, 1),
             ("sent", None, None, 10),
             ("delivered", None, None, 4),
             ("read", None, None, 3),
@@ -353,6 +355,7 @@ def test_progress_counts_every_recipient_once() -> None:
         ]
     )
     assert progress.total == 41
+    assert progress.sending == 2  # claimed by a sender, or being sent
     assert (progress.sent, progress.delivered, progress.read) == (18, 7, 3)
     assert progress.failed == {"131026": 2, "131000": 1}
     assert progress.skipped == {"opted_out": 6}
@@ -409,3 +412,10 @@ def test_subscribing_to_a_topic_is_an_opt_in_and_stop_is_not_undone_by_a_bare_wo
     assert not apply_message(stopped, message, route, "en").opted_out
     bare = text_message("sub")
     assert apply_message(stopped, bare, classify(bare, RULES), "en").opted_out
+
+
+def test_the_readmes_example_spec_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "flood-warning.toml"
+    spec = parse_spec(tomllib.loads(example.read_text(encoding="utf-8")), TOPICS)
+    assert spec.topics == ("flood-seoul-mapo",)
+    assert template_language(spec, "ja") == "ja"
