@@ -188,7 +188,7 @@ def test_help_and_unknown_are_the_menu_of_every_service(
 ) -> None:
     reply = packaged.replies[intent][language]
     rows = [row.id for section in reply.sections for row in section.rows]
-    assert rows == [f"menu_{name}" for name in MENU_ORDER] + ["menu_opt_out"]
+    assert rows == [f"menu_{name}" for name in MENU_ORDER] + ["menu_subscribe", "menu_opt_out"]
     assert reply.list_button
     assert all(row.description for section in reply.sections for row in section.rows)
 
@@ -230,7 +230,7 @@ def tapped(reply_id: str) -> InboundMessage:
 def test_every_id_a_citizen_can_tap_is_classified_as_what_it_promises(packaged: Catalog) -> None:
     rules = load_rules()
     ids = packaged.reply_ids()
-    assert ids == {f"menu_{name}" for name in (*MENU_ORDER, "help", "opt_out")}
+    assert ids == {f"menu_{name}" for name in (*MENU_ORDER, "help", "subscribe", "opt_out")}
     for reply_id in ids:
         assert classify(tapped(reply_id), rules).intent == reply_id.removeprefix("menu_")
 
