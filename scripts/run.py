@@ -29,6 +29,8 @@ DEV_DEFAULTS = {
     "WHATSAPP_APP_SECRET": "civicline-dev-app-secret",
     "WHATSAPP_VERIFY_TOKEN": "civicline-dev-verify-token",
     "WHATSAPP_ACCESS_TOKEN": "civicline-dev-access-token",
+    # The campaign operator's token (README, "Broadcasts"): civicline-campaign sends it.
+    "CAMPAIGN_OPERATOR_TOKENS": "civicline-dev-operator-token",
 }
 SERVICES = ("audit", "router", "responder", "ingress")
 SAMPLE_TEXT = "투표소 위치 알려주세요"
@@ -168,6 +170,11 @@ async def run_pipeline() -> int:
     done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     if ready in done and ready.exception() is None:
         graph = "the local Meta simulator" if use_simulator else settings.graph_api_base_url
+        # Only the development token is printed; a token of one's own stays unsaid.
+        dev_token = DEV_DEFAULTS["CAMPAIGN_OPERATOR_TOKENS"]
+        operator_token = (
+            dev_token if dev_token in settings.campaign_operator_tokens else "<your token>"
+        )
         print(
             "\ncivicline is running.\n"
             f"  webhook URL : http://127.0.0.1:{settings.ingress_port}/webhook\n"
@@ -177,6 +184,10 @@ async def run_pipeline() -> int:
             f"  audit key   : {env.get('AUDIT_SIGNING_KEY_FILE', '(none: heads unsigned)')}.pub\n"
             "Send a citizen's message and see the reply (in another terminal):\n"
             f'  make sample TEXT="{SAMPLE_TEXT}"\n'
+            f"Campaigns (README, Broadcasts): operator API http://127.0.0.1:{settings.responder_port}"
+            "/campaigns\n"
+            f"  export CAMPAIGN_OPERATOR_TOKEN={operator_token}\n"
+            "  .venv/bin/civicline-campaign create docs/examples/flood-warning.toml\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )

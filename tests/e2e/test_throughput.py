@@ -19,23 +19,13 @@ import aiohttp
 import pytest
 
 from support.isolation import EnvironmentFactory
-from support.pipeline import APP_SECRET, Pipeline, start_simulator
+from support.pipeline import APP_SECRET, Pipeline
 from support.timing import busiest_second
 from support.traffic import citizen_messages, deliver
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 SEND_RATE = 100
-
-
-@pytest.fixture(scope="module")
-async def simulator_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    process, url = await start_simulator(tmp_path_factory.mktemp("simulator"))
-    try:
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -778,6 +778,7 @@ def test_dockerfile_is_multi_stage_non_root_and_fetches_nothing_by_url() -> None
         "civicline-ingress",
         "civicline-router",
         "civicline-responder",
+        "civicline-campaign",
         "civicline-audit",
         "civicline-migrate",
         "civicline-simulator",
@@ -821,7 +822,8 @@ def test_compose_runs_everything_healthy_and_in_order() -> None:
         assert "migrate" in service["depends_on"]
         assert "/readyz" in " ".join(service["healthcheck"]["test"])
     used = {" ".join(s.get("command", [])).split(" ")[0] for s in services.values()}
-    assert console_scripts() <= used
+    # The operator's campaign CLI is run by hand against the responder, not as a service.
+    assert console_scripts() - {"civicline-campaign"} <= used
 
 
 def test_compose_secrets_come_from_files_and_variables_are_settings() -> None:

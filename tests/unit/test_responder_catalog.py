@@ -40,6 +40,8 @@ EXPECTED_INTENTS = (
     "report_abuse",
     "office_hours",
     "help",
+    "subscribe",
+    "unsubscribe",
     "opt_out",
     "opt_in",
     "unknown",
@@ -56,6 +58,8 @@ EXPECTED_TYPES = {
     "report_abuse": "text",
     "office_hours": "buttons",
     "help": "list",
+    "subscribe": "text",
+    "unsubscribe": "text",
     "opt_out": "text",
     "opt_in": "text",
     "unknown": "list",
@@ -184,7 +188,7 @@ def test_help_and_unknown_are_the_menu_of_every_service(
 ) -> None:
     reply = packaged.replies[intent][language]
     rows = [row.id for section in reply.sections for row in section.rows]
-    assert rows == [f"menu_{name}" for name in MENU_ORDER] + ["menu_opt_out"]
+    assert rows == [f"menu_{name}" for name in MENU_ORDER] + ["menu_subscribe", "menu_opt_out"]
     assert reply.list_button
     assert all(row.description for section in reply.sections for row in section.rows)
 
@@ -226,7 +230,7 @@ def tapped(reply_id: str) -> InboundMessage:
 def test_every_id_a_citizen_can_tap_is_classified_as_what_it_promises(packaged: Catalog) -> None:
     rules = load_rules()
     ids = packaged.reply_ids()
-    assert ids == {f"menu_{name}" for name in (*MENU_ORDER, "help", "opt_out")}
+    assert ids == {f"menu_{name}" for name in (*MENU_ORDER, "help", "subscribe", "opt_out")}
     for reply_id in ids:
         assert classify(tapped(reply_id), rules).intent == reply_id.removeprefix("menu_")
 

@@ -70,6 +70,8 @@ def test_intent_names_are_the_contract() -> None:
             "report_abuse",
             "office_hours",
             "help",
+            "subscribe",
+            "unsubscribe",
             "opt_out",
             "opt_in",
             "reaction",
@@ -77,7 +79,14 @@ def test_intent_names_are_the_contract() -> None:
         }
     )
     assert contract == INTENTS
-    keyword_intents = contract - {"opt_out", "opt_in", "reaction", "unknown"}
+    keyword_intents = contract - {
+        "opt_out",
+        "opt_in",
+        "reaction",
+        "unknown",
+        "subscribe",
+        "unsubscribe",
+    }
     assert keyword_intents == KEYWORD_INTENTS
 
 

@@ -430,3 +430,24 @@ async def test_each_simulator_gets_its_own_free_port() -> None:
         assert one.port != 0
         assert one.base_url != two.base_url
         assert one.base_url.startswith("http://127.0.0.1:")
+
+
+async def test_the_send_summary_counts_recipients_duplicates_and_the_busiest_second(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    template = {"name": "civicline_flood_warning", "language": {"code": "ko"}}
+    for to in ("821000000001", "821000000002", "821000000001"):
+        message = {"messaging_product": "whatsapp", "to": to, "type": "template"}
+        status, _ = await post(http, sim, {**message, "template": template})
+        assert status == 200
+    await post(http, sim, text())
+    status, summary = await control(http, sim, "GET", "sent/summary?type=template")
+    assert status == 200
+    assert summary["accepted"] == 3
+    assert summary["recipients"] == 2
+    assert summary["duplicates"] == {"821000000001": 2}
+    assert summary["busiest_second"] == 3
+    assert summary["by_template"] == {"civicline_flood_warning": 3}
+    assert summary["by_language"] == {"ko": 3}
+    status, everything = await control(http, sim, "GET", "sent/summary?after=3")
+    assert everything["accepted"] == 1

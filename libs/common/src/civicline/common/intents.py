@@ -15,6 +15,8 @@ REPLY_INTENTS: Final = (
     "report_abuse",
     "office_hours",
     "help",
+    "subscribe",
+    "unsubscribe",
     "opt_out",
     "opt_in",
     "unknown",
@@ -24,3 +26,6 @@ NO_REPLY_INTENTS: Final = frozenset({"reaction"})
 INTENTS: Final = frozenset(REPLY_INTENTS) | NO_REPLY_INTENTS
 # Urgency is a promise of the event contract, not a rules-file setting.
 URGENT_INTENTS: Final = frozenset({"report_abuse"})
+# Topic subscriptions (civicline.common.topics): "SUBSCRIBE FLOOD", or a tap on a row of the
+# topic list, whose id is `sub:<topic>` / `unsub:<topic>`.
+SUBSCRIPTION_INTENTS: Final = frozenset({"subscribe", "unsubscribe"})

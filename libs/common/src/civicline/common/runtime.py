@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
@@ -33,10 +33,21 @@ class Runtime:
     broker: Broker
     publisher: Publisher
     pool: asyncpg.Pool
+    # Stopped before the consumers drain: background work a handler factory started.
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 HandlerFactory = Callable[[Runtime], Awaitable[MessageHandler]]
 RUNTIME = web.AppKey("runtime", Runtime)
+
+
+@dataclass(frozen=True, slots=True)
+class MoreConsumer:
+    """A further queue the same process consumes (e.g. the responder's campaign jobs)."""
+
+    spec: QueueSpec
+    build_handler: HandlerFactory
+    prefetch: int
 
 
 def create_consumer_app(
@@ -45,6 +56,7 @@ def create_consumer_app(
     build_handler: HandlerFactory,
     *,
     prefetch: int | None = None,
+    more: Sequence[MoreConsumer] = (),
 ) -> web.Application:
     """An aiohttp app serving health and metrics that consumes `spec` with `build_handler`'s
     handler once its dependencies are reachable."""
@@ -66,6 +78,14 @@ def create_consumer_app(
             consumer = Consumer(broker, spec, handler, prefetch=prefetch or settings.prefetch)
             await consumer.start()
             state["consumer"] = consumer
+            others = []
+            for extra in more:
+                other = Consumer(
+                    broker, extra.spec, await extra.build_handler(runtime), prefetch=extra.prefetch
+                )
+                await other.start()
+                others.append(other)
+            state["more"] = others
 
         async def broker_ready() -> bool:
             return broker.is_ready
@@ -76,7 +96,13 @@ def create_consumer_app(
 
         async def consuming() -> bool:
             consumer = state.get("consumer")
-            return isinstance(consumer, Consumer) and consumer.is_consuming
+            others = state.get("more")
+            return (
+                isinstance(consumer, Consumer)
+                and consumer.is_consuming
+                and isinstance(others, list)
+                and all(other.is_consuming for other in others)
+            )
 
         register_readiness(app, "rabbitmq", broker_ready)
         register_readiness(app, "postgres", database_ready)
@@ -87,9 +113,12 @@ def create_consumer_app(
             starter.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await starter
-        consumer = state.get("consumer")
-        if isinstance(consumer, Consumer):
-            await consumer.stop(settings.shutdown_timeout)
+        runtime = app.get(RUNTIME)
+        for stop in runtime.on_stop if runtime is not None else ():
+            await stop()
+        for consumer in [state.get("consumer"), *state.get("more", [])]:  # type: ignore[misc]
+            if isinstance(consumer, Consumer):
+                await consumer.stop(settings.shutdown_timeout)
         pool = state.get("pool")
         if isinstance(pool, asyncpg.Pool):
             await pool.close()

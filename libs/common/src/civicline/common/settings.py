@@ -27,6 +27,7 @@ SECRET_NAMES = frozenset(
         "AUDIT_SIGNING_KEY",
         "AUDIT_PSEUDONYM_KEY",
         "AUDIT_MASTER_KEY",
+        "CAMPAIGN_OPERATOR_TOKENS",
     }
 )
 
@@ -69,6 +70,15 @@ class Settings:
     responder_send_rate: int = 80
     router_batch_size: int = 100
     router_batch_linger: float = 0.005
+    # Unique citizens who may get a business-initiated (campaign) message in any rolling 24 h;
+    # None = unlimited (Meta's highest tier).
+    responder_messaging_tier: int | None = 1000
+    # The share of the send rate campaigns leave to replies, so citizens' questions are
+    # answered during a broadcast.
+    responder_reply_reserve: float = 0.2
+    responder_broadcast_concurrency: int = 256
+    campaign_operator_tokens: tuple[str, ...] = field(default=(), repr=False)
+    topics_path: str | None = None
     audit_batch_size: int = 256
     audit_batch_linger: float = 0.02
     audit_signing_key: str = field(default="", repr=False)
@@ -155,6 +165,15 @@ class Settings:
             responder_send_rate=integer("RESPONDER_SEND_RATE", 80),
             router_batch_size=integer("ROUTER_BATCH_SIZE", 100),
             router_batch_linger=seconds("ROUTER_BATCH_LINGER", 0.005),
+            responder_messaging_tier=_tier(values.get("RESPONDER_MESSAGING_TIER"), problems),
+            responder_reply_reserve=_share(values.get("RESPONDER_REPLY_RESERVE"), problems),
+            responder_broadcast_concurrency=integer("RESPONDER_BROADCAST_CONCURRENCY", 256),
+            campaign_operator_tokens=tuple(
+                t.strip()
+                for t in values.get("CAMPAIGN_OPERATOR_TOKENS", "").replace("\n", ",").split(",")
+                if t.strip()
+            ),
+            topics_path=values.get("CIVICLINE_TOPICS_PATH") or None,
             audit_batch_size=integer("AUDIT_BATCH_SIZE", 256),
             audit_batch_linger=seconds("AUDIT_BATCH_LINGER", 0.02),
             audit_signing_key=values.get("AUDIT_SIGNING_KEY", ""),
@@ -205,6 +224,11 @@ _ALL_NAMES = (
     "CIVICLINE_SHUTDOWN_TIMEOUT",
     "RESPONDER_MAX_RETRIES",
     "RESPONDER_SEND_RATE",
+    "RESPONDER_MESSAGING_TIER",
+    "RESPONDER_REPLY_RESERVE",
+    "RESPONDER_BROADCAST_CONCURRENCY",
+    "CAMPAIGN_OPERATOR_TOKENS",
+    "CIVICLINE_TOPICS_PATH",
     "AUDIT_BATCH_SIZE",
     "AUDIT_BATCH_LINGER",
     "AUDIT_SIGNING_KEY",
@@ -217,6 +241,34 @@ _ALL_NAMES = (
     "RESPONDER_CATALOG_PATH",
     "CIVICLINE_LOG_LEVEL",
 )
+
+
+def _tier(raw: str | None, problems: list[str]) -> int | None:
+    if raw is None:
+        return 1000
+    if raw.strip().lower() == "unlimited":
+        return None
+    try:
+        tier = int(raw)
+    except ValueError:
+        problems.append(f"RESPONDER_MESSAGING_TIER must be a number or 'unlimited', got {raw!r}")
+        return 1000
+    if tier <= 0:
+        problems.append(f"RESPONDER_MESSAGING_TIER must be positive, got {tier}")
+    return tier
+
+
+def _share(raw: str | None, problems: list[str]) -> float:
+    if raw is None:
+        return 0.2
+    try:
+        share = float(raw)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 0.9:
+        problems.append(f"RESPONDER_REPLY_RESERVE must be a share from 0 to 0.9, got {raw!r}")
+        return 0.2
+    return share
 
 
 def _read(source: Mapping[str, str], name: str, problems: list[str]) -> str | None:

@@ -29,6 +29,22 @@ OUTBOUND_SENT = "outbound.sent"
 OUTBOUND_FAILED = "outbound.failed"
 OUTBOUND_SUPPRESSED = "outbound.suppressed"
 OUTBOUND_IN_DOUBT = "outbound.in_doubt"
+# Broadcast campaigns (docs/events.md, "Broadcasts").
+BROADCAST_JOB = "broadcast.job"
+BROADCAST_SENT = "broadcast.sent"
+BROADCAST_FAILED = "broadcast.failed"
+BROADCAST_IN_DOUBT = "broadcast.in_doubt"
+BROADCAST_SKIPPED = "broadcast.skipped"
+
+
+def campaign_key(change: str) -> str:
+    """`broadcast.campaign.<created|scheduled|started|paused|resumed|cancelled|completed>`."""
+    return f"broadcast.campaign.{change}"
+
+
+def broadcast_status_key(state: str) -> str:
+    """A delivery status of a campaign message, joined to its campaign and recipient."""
+    return f"broadcast.status.{state}"
 
 
 def message_key(intent: str) -> str:
@@ -100,11 +116,23 @@ RESPONDER_MESSAGES = QueueSpec(
     retry_delays=(1, 5, 30, 120),
     single_active_consumer=True,
 )
+# Campaign send jobs (chunks of recipients): every replica takes some, sharing the number's
+# send schedule; a paused campaign's jobs and those over the messaging tier wait in the delay
+# queues.
+RESPONDER_BROADCASTS = QueueSpec("responder.broadcasts", (BROADCAST_JOB,), retry_delays=(5, 15, 60))
+# Delivery statuses, joined by wamid to the campaign recipient they are about.
+RESPONDER_STATUSES = QueueSpec("responder.statuses", ("status.#",), retry_delays=(2,))
 AUDIT_EVENTS = QueueSpec("audit.events", ("#",))
 # The inbox of an agency's agent tool or CRM: messages handed to people wait here, durable,
 # whether or not the tool is connected.
 HANDOFF_REQUESTS = QueueSpec("handoff.requests", ("handoff.#",))
-CONSUMED_QUEUES = (ROUTER_INBOUND, RESPONDER_MESSAGES, AUDIT_EVENTS)
+CONSUMED_QUEUES = (
+    ROUTER_INBOUND,
+    RESPONDER_MESSAGES,
+    RESPONDER_BROADCASTS,
+    RESPONDER_STATUSES,
+    AUDIT_EVENTS,
+)
 QUEUES = (*CONSUMED_QUEUES, HANDOFF_REQUESTS)
 
 

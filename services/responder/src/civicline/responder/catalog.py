@@ -18,6 +18,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from civicline.common.intents import NO_REPLY_INTENTS, REPLY_INTENTS
+from civicline.common.languages import language_candidates
 from civicline.common.tomlfile import TomlFileError, describe_type, read_toml
 
 __all__ = [
@@ -661,19 +662,8 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
 # --- choosing and sending ---------------------------------------------------------------------
 
 
-def _language_candidates(language: str) -> list[str]:
-    # Contacts and detectors report "ko", "ko-KR", "ko_KR" or "KO"; the catalog is keyed by
-    # lower-case tags, so try the exact tag first, then its primary subtag.
-    tag = language.strip().replace("_", "-").lower()
-    candidates = [tag] if tag else []
-    primary = tag.split("-", 1)[0]
-    if primary and primary != tag:
-        candidates.append(primary)
-    return candidates
-
-
 def _in_language(by_language: Mapping[str, Reply], language: str, default: str) -> Reply:
-    for candidate in _language_candidates(language):
+    for candidate in language_candidates(language):
         reply = by_language.get(candidate)
         if reply is not None:
             return reply

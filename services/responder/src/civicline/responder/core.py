@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from civicline.common.envelope import Envelope, event_id
+from civicline.common.intents import SUBSCRIPTION_INTENTS
+from civicline.common.topics import SUBSCRIBE_ID_PREFIX, UNSUBSCRIBE_ID_PREFIX, Topics
 from civicline.common.topology import (
     OUTBOUND_FAILED,
     OUTBOUND_IN_DOUBT,
@@ -28,6 +30,8 @@ from civicline.responder.catalog import (
     Catalog,
     Place,
     Reply,
+    Row,
+    Section,
     choose_away,
     choose_reply,
     choose_template,
@@ -35,10 +39,14 @@ from civicline.responder.catalog import (
 )
 
 # Intents whose confirmation goes out even to an opted-out citizen: they just asked for it.
-_ANSWERED_WHEN_OPTED_OUT: Final = frozenset({"opt_out", "opt_in"})
+_ANSWERED_WHEN_OPTED_OUT: Final = frozenset({"opt_out", "opt_in", *SUBSCRIPTION_INTENTS})
 # The away notice never follows these: a STOP / START confirmation must stay the only message,
 # an urgent report is answered by an on-call team, and the office-hours answer already says it.
-_NO_AWAY_INTENTS: Final = frozenset({"opt_out", "opt_in", "report_abuse", "office_hours"})
+_NO_AWAY_INTENTS: Final = frozenset(
+    {"opt_out", "opt_in", "report_abuse", "office_hours", *SUBSCRIPTION_INTENTS}
+)
+# Where a subscription confirmation names its topic.
+TOPIC_PLACEHOLDER: Final = "{topic}"
 
 # Meta's customer-service window: free-form messages only within 24 h of the citizen's last
 # message (reference §6; error 131047 otherwise).
@@ -64,6 +72,8 @@ class InboundRef:
     # The citizen has no phone number, only a business-scoped user id (a username).
     by_user_id: bool = False
     urgent: bool = False
+    # The subscription topic of a subscribe / unsubscribe (None: none named, send the list).
+    topic: str | None = None
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> InboundRef:
@@ -85,6 +95,7 @@ class InboundRef:
             location=_shared_location(payload),
             by_user_id=not phone,
             urgent=payload.get("urgent") is True,
+            topic=payload["topic"] if isinstance(payload.get("topic"), str) else None,
             **fields,
         )
 
@@ -170,7 +181,13 @@ def nearest(places: Sequence[Place], position: tuple[float, float]) -> Place:
     return min(places, key=lambda place: haversine_km(position, (place.latitude, place.longitude)))
 
 
-def decide(inbound: InboundRef, catalog: Catalog, *, now: datetime | None = None) -> Decision:
+def decide(
+    inbound: InboundRef,
+    catalog: Catalog,
+    *,
+    now: datetime | None = None,
+    topics: Topics | None = None,
+) -> Decision:
     """What to do with one classified message; `now` defaults to the current time."""
     moment = now if now is not None else datetime.now(UTC)
     if not inbound.needs_reply or inbound.intent in NO_REPLY_INTENTS:
@@ -180,12 +197,42 @@ def decide(inbound: InboundRef, catalog: Catalog, *, now: datetime | None = None
     if not within_window(inbound.timestamp, moment):
         template = choose_template(catalog, inbound.intent, inbound.language)
         return Send(template, _message(inbound, template, reply_to=inbound.wamid))
+    if inbound.intent in SUBSCRIPTION_INTENTS and topics is not None:
+        reply = subscription_reply(catalog, topics, inbound)
+        return Send(reply, _message(inbound, reply, reply_to=inbound.wamid))
     reply = choose_reply(catalog, inbound.intent, inbound.language)
     place = None
     if reply.type == "location" and inbound.location is not None:
         place = nearest(reply.places, inbound.location)
     message = _message(inbound, reply, reply_to=inbound.wamid, place=place)
     return Send(reply, message, away=_away(inbound, catalog, moment))
+
+
+def subscription_reply(catalog: Catalog, topics: Topics, inbound: InboundRef) -> Reply:
+    """The confirmation naming the topic in the citizen's language; without a topic we know,
+    the topic list, whose rows subscribe (or unsubscribe) with one tap."""
+    if inbound.topic is not None and inbound.topic in topics:
+        reply = choose_reply(catalog, inbound.intent, inbound.language)
+        title = topics.title(inbound.topic, reply.language)
+        return replace(reply, body=reply.body.replace(TOPIC_PLACEHOLDER, title))
+    prefix = SUBSCRIBE_ID_PREFIX if inbound.intent == "subscribe" else UNSUBSCRIBE_ID_PREFIX
+    menu = topics.menu(inbound.language)
+    rows = tuple(
+        Row(
+            id=f"{prefix}{name}",
+            title=topics.title(name, inbound.language),
+            description=topics.description(name, inbound.language),
+        )
+        for name in topics.topics
+    )
+    return Reply(
+        intent=inbound.intent,
+        language=inbound.language,
+        type="list",
+        body=menu.body,
+        list_button=menu.button,
+        sections=(Section(title=None, rows=rows),),
+    )
 
 
 def _message(

@@ -11,6 +11,7 @@ from civicline.common.amqp import MessageHandler, PoisonMessage, Publisher, retr
 from civicline.common.envelope import Envelope, EnvelopeError, utc_now
 from civicline.common.failures import DependencyUnavailable, outlast_outage
 from civicline.common.ordering import CitizenTurns
+from civicline.common.topics import Topics
 from civicline.common.topology import RESPONDER_MESSAGES
 from civicline.responder import adapters
 from civicline.responder.adapters import MessageSender
@@ -45,6 +46,7 @@ def responder_handler(
     catalog: Catalog,
     *,
     max_retries: int,
+    topics: Topics | None = None,
 ) -> MessageHandler:
     citizens = CitizenTurns()
 
@@ -57,7 +59,7 @@ def responder_handler(
             await answer(message, inbound)
 
     async def answer(message: AbstractIncomingMessage, inbound: InboundRef) -> None:
-        decision = decide(inbound, catalog)
+        decision = decide(inbound, catalog, topics=topics)
         if isinstance(decision, NoReply):
             return
         state = "suppressed" if isinstance(decision, Suppress) else "sending"

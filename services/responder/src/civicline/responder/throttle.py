@@ -122,6 +122,11 @@ class SendSchedule:
             return False
         return True
 
+    async def reserve(self, phone_number_id: str, count: int) -> list[float]:
+        """Unix times of the next `count` slots of the number, taken from the shared schedule
+        (for a caller that spaces its own sends, like campaigns)."""
+        return await self._reserve(phone_number_id, count)
+
     async def _reserve(self, phone_number_id: str, count: int) -> list[float]:
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute(
@@ -199,3 +204,80 @@ class RateLimitedSender:
     async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
         slot = await self.wait_for_slot(phone_number_id)
         return await self.send_now(phone_number_id, message, slot)
+
+
+class BroadcastSender:
+    """Campaign sends: they take slots of the same per-number schedule as replies, but also of
+    a gate of their own at the rate less the share reserved for replies.
+
+    Both schedules live in Postgres, so the split holds across replicas: broadcasts can never
+    fill the number's schedule, and a reply finds it at most a few reserved slots ahead of
+    now — it is answered within a fraction of a second, not behind the campaign's backlog.
+
+    Unlike replies, which wait for their slot one at a time, broadcasts reserve a batch of
+    slots (50 ms worth) from both schedules in one round trip each; a send's time is the later
+    of its two slots, so sends stay spaced by the larger interval. Many sends then wait for
+    their own time concurrently, with no lock held while they sleep. A slot found more than
+    `LATE_SLOT_SECONDS` in the past (the event loop was busy) is dropped, never used to
+    catch up in a burst. A throughput error slows both schedules and voids reserved slots.
+    """
+
+    LATE_SLOT_SECONDS = 0.05
+    BATCH_SECONDS = 0.05
+
+    def __init__(
+        self, graph: GraphClient, shared: SendSchedule, pool: asyncpg.Pool, *, broadcast_rate: float
+    ) -> None:
+        self._graph = graph
+        self._shared = shared
+        self._gate = SendSchedule(pool, rate=broadcast_rate)
+        self._batch = max(RESERVATION, int(broadcast_rate * self.BATCH_SECONDS))
+        self._slots: dict[str, collections.deque[float]] = collections.defaultdict(
+            collections.deque
+        )
+        self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self._epochs: dict[str, int] = collections.defaultdict(int)
+
+    @staticmethod
+    def _gate_key(phone_number_id: str) -> str:
+        return f"{phone_number_id}:broadcast"
+
+    async def next_slot(self, phone_number_id: str) -> tuple[float, int]:
+        """(send time, epoch) of the next broadcast slot; wait with `wait_until`."""
+        async with self._locks[phone_number_id]:
+            slots = self._slots[phone_number_id]
+            while True:
+                now = time.time()
+                while slots and slots[0] < now - self.LATE_SLOT_SECONDS:
+                    slots.popleft()
+                if slots:
+                    return slots.popleft(), self._epochs[phone_number_id]
+                epoch = self._epochs[phone_number_id]
+                gate = await self._gate.reserve(self._gate_key(phone_number_id), self._batch)
+                shared = await self._shared.reserve(phone_number_id, self._batch)
+                if epoch == self._epochs[phone_number_id]:
+                    slots.extend(max(pair) for pair in zip(gate, shared, strict=True))
+
+    async def wait_until(self, phone_number_id: str, slot: tuple[float, int]) -> bool:
+        """Sleep until the slot's time; False if the slot is void — Meta throttled us
+        meanwhile, or its time passed too long ago (a send that late could crowd the next
+        second past the limit): take another."""
+        send_at, epoch = slot
+        delay = send_at - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -self.LATE_SLOT_SECONDS:
+            return False
+        return self._epochs[phone_number_id] == epoch
+
+    async def send_now(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
+        """Send in the slot given; a throughput error slows the schedules."""
+        try:
+            return await self._graph.send(phone_number_id, message)
+        except GraphError as exc:
+            if exc.throttle:
+                self._epochs[phone_number_id] += 1
+                self._slots[phone_number_id].clear()
+                await self._shared.slow_down(phone_number_id)
+                await self._gate.slow_down(self._gate_key(phone_number_id))
+            raise

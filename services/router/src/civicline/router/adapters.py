@@ -4,10 +4,12 @@ function runs in the caller's transaction and costs one round trip, whatever the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 import asyncpg
 
 from civicline.router.batch import ContactKey
+from civicline.router.core import Route
 from civicline.router.events import ContactState
 
 
@@ -83,4 +85,57 @@ async def save_contacts(
         [s.opted_out for s in states],
         [s.opted_out_at for s in states],
         [s.last_inbound_at for s in states],
+    )
+
+
+async def record_consent(
+    connection: asyncpg.Connection,
+    phone_number_id: str,
+    citizen: str,
+    route: Route,
+    *,
+    wamid: str,
+    at: datetime,
+) -> None:
+    """Store a subscription, a withdrawal of one topic, or (STOP) of every topic, with the
+    message that gave or withdrew consent. A change older than the row's last one (Meta may
+    deliver messages out of order) does not overwrite it."""
+    if route.intent == "opt_out":
+        await connection.execute(
+            """UPDATE subscriptions SET subscribed = false, withdrawn_at = $3,
+                      withdrawal_wamid = $4, updated_at = now()
+               WHERE phone_number_id = $1 AND citizen = $2 AND subscribed""",
+            phone_number_id,
+            citizen,
+            at,
+            wamid,
+        )
+        return
+    if route.intent not in ("subscribe", "unsubscribe") or route.topic is None:
+        return
+    subscribed = route.intent == "subscribe"
+    await connection.execute(
+        """INSERT INTO subscriptions AS s (phone_number_id, topic, citizen, subscribed,
+                                           consented_at, consent_wamid,
+                                           withdrawn_at, withdrawal_wamid)
+           VALUES ($1, $2, $3, $4, CASE WHEN $4 THEN $5::timestamptz END,
+                   CASE WHEN $4 THEN $6 END, CASE WHEN NOT $4 THEN $5::timestamptz END,
+                   CASE WHEN NOT $4 THEN $6 END)
+           ON CONFLICT (phone_number_id, topic, citizen) DO UPDATE SET
+               subscribed = EXCLUDED.subscribed,
+               consented_at = coalesce(EXCLUDED.consented_at, s.consented_at),
+               consent_wamid = coalesce(EXCLUDED.consent_wamid, s.consent_wamid),
+               withdrawn_at = CASE WHEN EXCLUDED.subscribed THEN NULL
+                                   ELSE EXCLUDED.withdrawn_at END,
+               withdrawal_wamid = CASE WHEN EXCLUDED.subscribed THEN NULL
+                                       ELSE EXCLUDED.withdrawal_wamid END,
+               updated_at = now()
+           WHERE greatest(coalesce(s.consented_at, '-infinity'),
+                          coalesce(s.withdrawn_at, '-infinity')) <= $5::timestamptz""",
+        phone_number_id,
+        route.topic,
+        citizen,
+        subscribed,
+        at,
+        wamid,
     )

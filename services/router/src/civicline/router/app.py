@@ -8,6 +8,7 @@ from civicline.common.amqp import MessageHandler
 from civicline.common.batching import Batcher
 from civicline.common.runtime import Runtime, create_consumer_app
 from civicline.common.settings import Settings
+from civicline.common.topics import load_topics
 from civicline.common.topology import ROUTER_INBOUND
 from civicline.router.batch import Delivered
 from civicline.router.handlers import router_batcher, router_handler
@@ -16,7 +17,7 @@ from civicline.router.rules import load_rules
 
 def create_app(settings: Settings) -> web.Application:
     # Loaded before anything connects: a broken rules file stops the start with its error.
-    rules = load_rules(settings.router_rules_path)
+    rules = load_rules(settings.router_rules_path, topics=load_topics(settings.topics_path))
     batchers: list[Batcher[Delivered, None]] = []
 
     async def build_handler(runtime: Runtime) -> MessageHandler:

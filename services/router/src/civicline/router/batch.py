@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from civicline.common.envelope import Envelope
-from civicline.router.core import InboundMessage, ParsedWebhook, detect_language
+from civicline.router.core import InboundMessage, ParsedWebhook, Route, detect_language
 from civicline.router.events import (
     ContactState,
     apply_message,
@@ -37,6 +37,17 @@ class Delivered:
     received_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Consent:
+    contact: ContactKey
+    route: Route
+    wamid: str
+    at: datetime
+
+
+CONSENT_INTENTS = frozenset({"subscribe", "unsubscribe", "opt_out"})
+
+
 @dataclass(slots=True)
 class BatchPlan:
     # Events to publish. Each lane must be published in order (one citizen's events); lanes
@@ -44,6 +55,8 @@ class BatchPlan:
     lanes: list[list[Envelope]] = field(default_factory=list)
     # Contacts whose state changed, as they are after the batch.
     contacts: dict[ContactKey, ContactState] = field(default_factory=dict)
+    # Messages that give or withdraw consent (subscribe, unsubscribe, STOP), in order.
+    consents: list[Consent] = field(default_factory=list)
     duplicates: int = 0
 
     @property
@@ -105,6 +118,8 @@ def plan_batch(
             route = classify(inbound, rules)
             after = apply_message(before, inbound, route, language)
             state[key] = plan.contacts[key] = after
+            if route.intent in CONSENT_INTENTS:
+                plan.consents.append(Consent(key, route, inbound.wamid, inbound.timestamp))
             lane = citizen_lanes.setdefault(key, [])
             if not lane:
                 plan.lanes.append(lane)

@@ -122,6 +122,9 @@ class Route:
     urgent: bool
     needs_reply: bool
     handoff: str | None = None
+    # The subscription topic a subscribe / unsubscribe names (None: the citizen named none
+    # we know, so they get the topic list).
+    topic: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,8 @@ def apply_message(
         # A repeated STOP keeps the time of the first: that is when consent was withdrawn.
         since = contact.opted_out_at if contact.opted_out else message.timestamp
         updated = replace(updated, opted_out=True, opted_out_at=since)
-    elif route.intent == "opt_in":
+    elif route.intent == "opt_in" or (route.intent == "subscribe" and route.topic is not None):
+        # Subscribing to a topic asks for messages as plainly as START does.
         updated = replace(updated, opted_out=False, opted_out_at=None)
     return updated
 
@@ -94,6 +95,7 @@ def message_event(
         "needs_reply": route.needs_reply,
         "opted_out": opted_out,
         "handoff": route.handoff,
+        "topic": route.topic,
         "raw_event_id": raw_event_id,
     }
     return Envelope(

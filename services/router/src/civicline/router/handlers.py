@@ -49,6 +49,14 @@ def router_batcher(
             contacts = await adapters.lock_contacts(connection, contacts_needed(batch, unseen))
             plan = plan_batch(batch, unseen, contacts, rules)
             await adapters.save_contacts(connection, plan.contacts)
+            for consent in plan.consents:  # rare: one statement each is fine
+                await adapters.record_consent(
+                    connection,
+                    *consent.contact,
+                    consent.route,
+                    wamid=consent.wamid,
+                    at=consent.at,
+                )
             # Published before commit: if a publish fails the claims roll back and the
             # redelivered webhooks are routed again (same event ids, so no duplicates).
             await publish_lanes(publisher, plan.lanes)

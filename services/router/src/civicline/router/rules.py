@@ -9,10 +9,17 @@ import os
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from civicline.common.intents import SUBSCRIPTION_INTENTS
 from civicline.common.tomlfile import TomlFileError, describe_type, read_toml
+from civicline.common.topics import (
+    SUBSCRIBE_ID_PREFIX,
+    UNSUBSCRIBE_ID_PREFIX,
+    Topics,
+    load_topics,
+)
 from civicline.router.core import INTENTS, URGENT_INTENTS, InboundMessage, Route
 
 __all__ = [
@@ -29,7 +36,13 @@ __all__ = [
 RULES_VERSION = 1
 # Intents found by keywords and reply ids; the others come from message types (reaction),
 # whole-message words (opt_out, opt_in) or are the fallback (unknown).
-KEYWORD_INTENTS: frozenset[str] = INTENTS - {"opt_out", "opt_in", "reaction", "unknown"}
+KEYWORD_INTENTS: frozenset[str] = INTENTS - {
+    "opt_out",
+    "opt_in",
+    "reaction",
+    "unknown",
+    *SUBSCRIPTION_INTENTS,
+}
 
 # Letters of the scripts that separate words with spaces. A keyword made only of these
 # matches on word boundaries; any other keyword (Hangul, kana, Han …) matches as a
@@ -43,7 +56,9 @@ _SPACED_LETTERS = (
 _SPACED_LETTER = re.compile(f"[{_SPACED_LETTERS}]")
 _WILDCARD = "*"
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
-_TOP_LEVEL_KEYS = frozenset({"version", "message_types", "opt_out", "opt_in", "intents"})
+_TOP_LEVEL_KEYS = frozenset(
+    {"version", "message_types", "opt_out", "opt_in", "subscribe", "unsubscribe", "intents"}
+)
 _INTENT_KEYS = frozenset({"priority", "keywords", "exclude", "reply_ids", "handoff"})
 # A hand-off team becomes a routing-key word (`handoff.<team>`): no dots, no wildcards.
 _TEAM = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -91,6 +106,10 @@ class Rules:
     message_types: Mapping[str, str]
     # intent -> the team that takes it over (`handoff = "<team>"` in the rules file)
     handoffs: Mapping[str, str] = field(default_factory=dict)
+    # "<word> <topic>" or "<topic> <word>" (un)subscribes; the word alone asks for the list.
+    subscribe_words: tuple[str, ...] = ()
+    unsubscribe_words: tuple[str, ...] = ()
+    topics: Topics | None = None
 
 
 def normalise_text(text: str) -> str:
@@ -138,12 +157,71 @@ def classify(message: InboundMessage, rules: Rules) -> Route:
     """
     if message.type == "reaction":
         return _route("reaction", rules)
+    subscription = _subscription_reply_id(message.reply_id, rules)
+    if subscription is not None:
+        return subscription
     intent = _intent_for_reply_id(message.reply_id, rules)
     if intent is None and isinstance(message.text, str):
+        subscription = _subscription_text(message.text, rules)
+        if subscription is not None:
+            return subscription
         intent = _intent_for_text(message.text, rules)
     if intent is None:
         intent = rules.message_types.get(message.type)
     return _route(intent or "unknown", rules, needs_reply=message.type not in _UNANSWERED_TYPES)
+
+
+def _subscription_reply_id(reply_id: str | None, rules: Rules) -> Route | None:
+    """A tap on a row of the topic list: `sub:<topic>` / `unsub:<topic>`."""
+    if not isinstance(reply_id, str) or rules.topics is None:
+        return None
+    for intent, prefix in (
+        ("unsubscribe", UNSUBSCRIBE_ID_PREFIX),
+        ("subscribe", SUBSCRIBE_ID_PREFIX),
+    ):
+        if reply_id.startswith(prefix):
+            topic = reply_id.removeprefix(prefix)
+            return replace(_route(intent, rules), topic=topic if topic in rules.topics else None)
+    return None
+
+
+def _subscription_text(text: str, rules: Rules) -> Route | None:
+    """A whole-message opt word wins ("subscribe" alone is START); then "SUBSCRIBE FLOOD",
+    "홍수 알림", "洪水 登録": a subscription word before or after a topic's keyword. A word
+    alone asks for the topic list; a word with text that names no topic is not a subscription
+    ("follow up on my passport")."""
+    if rules.topics is None:
+        return None
+    bare = _bare(normalise_text(text))
+    if not bare or bare in rules.opt_out_words or bare in rules.opt_in_words:
+        return None
+    for intent, words in (
+        ("unsubscribe", rules.unsubscribe_words),
+        ("subscribe", rules.subscribe_words),
+    ):
+        for word in words:
+            if bare == word:
+                return _route(intent, rules)
+            for rest in _around(bare, word):
+                topic = rules.topics.find(rest)
+                if topic is not None:
+                    return replace(_route(intent, rules), topic=topic)
+    return None
+
+
+def _around(text: str, word: str) -> list[str]:
+    """What is left of `text` when `word` begins or ends it on a word boundary."""
+    rests = []
+    spaced = _is_spaced(word)
+    if text.startswith(word):
+        rest = text[len(word) :]
+        if not spaced or rest.startswith(" ") or not _SPACED_LETTER.match(rest[:1]):
+            rests.append(rest.strip())
+    if text.endswith(word):
+        rest = text[: -len(word)]
+        if not spaced or rest.endswith(" ") or not _SPACED_LETTER.match(rest[-1:]):
+            rests.append(rest.strip())
+    return [rest for rest in rests if rest]
 
 
 def _intent_for_reply_id(reply_id: str | None, rules: Rules) -> str | None:
@@ -180,15 +258,20 @@ def _intent_for_text(text: str, rules: Rules) -> str | None:
 # --- loading --------------------------------------------------------------------------
 
 
-def load_rules(path: str | os.PathLike[str] | None = None) -> Rules:
-    """Load and validate a rules file; None loads the rules.toml shipped with the router."""
+def load_rules(
+    path: str | os.PathLike[str] | None = None, *, topics: Topics | None = None
+) -> Rules:
+    """Load and validate a rules file; None loads the rules.toml shipped with the router.
+
+    `topics` are the subscription topics (default: the packaged topics.toml)."""
     try:
         source, document = read_toml(
             path, package="civicline.router", packaged="rules.toml", what="rules file"
         )
     except TomlFileError as exc:
         raise RulesError(str(exc)) from exc
-    return _Validator(source).rules(document)
+    rules = _Validator(source).rules(document)
+    return replace(rules, topics=topics if topics is not None else load_topics())
 
 
 class _Validator:
@@ -211,6 +294,12 @@ class _Validator:
 
         opt_out = self.opt_words("opt_out", document.get("opt_out"))
         opt_in = self.opt_words("opt_in", document.get("opt_in"))
+        # Optional: without them, citizens subscribe by tapping the topic list only.
+        subscribe = unsubscribe = frozenset[str]()
+        if "subscribe" in document:
+            subscribe = self.opt_words("subscribe", document["subscribe"])
+        if "unsubscribe" in document:
+            unsubscribe = self.opt_words("unsubscribe", document["unsubscribe"])
         both = opt_out & opt_in
         if both:
             raise self.fail("opt_in.words", f"{_listing(both)} also listed in opt_out.words")
@@ -246,6 +335,9 @@ class _Validator:
             reply_id_prefixes=tuple(prefixes),
             opt_out_words=opt_out,
             opt_in_words=opt_in,
+            # Longest first: "구독 취소" before "구독".
+            subscribe_words=tuple(sorted(subscribe, key=len, reverse=True)),
+            unsubscribe_words=tuple(sorted(unsubscribe, key=len, reverse=True)),
             message_types=self.message_types(document.get("message_types")),
             handoffs={
                 name: self.handoff(name, body.get("handoff"))

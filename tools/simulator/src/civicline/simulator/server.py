@@ -199,6 +199,16 @@ async def get_sent(request: web.Request) -> web.Response:
     return _json([s.as_json() for s in sends])
 
 
+async def get_sent_summary(request: web.Request) -> web.Response:
+    """`GET /_sim/sent/summary?type=template&after=<sequence>`: counts instead of records."""
+    try:
+        after = int(request.query.get("after", "0"))
+    except ValueError:
+        return _json({"error": "after must be an integer sequence number"}, status=400)
+    state = request.app[STATE_KEY]
+    return _json(state.summary(message_type=request.query.get("type") or None, after=after))
+
+
 async def delete_sent(request: web.Request) -> web.Response:
     return _json({"cleared": request.app[STATE_KEY].clear()})
 
@@ -271,6 +281,7 @@ def create_app(
     )
     app.router.add_post(r"/{version:v\d+\.\d+}/{phone_number_id}/messages", post_messages)
     app.router.add_get("/_sim/sent", get_sent)
+    app.router.add_get("/_sim/sent/summary", get_sent_summary)
     app.router.add_delete("/_sim/sent", delete_sent)
     app.router.add_get("/_sim/reads", get_reads)
     app.router.add_get("/_sim/faults", get_faults)

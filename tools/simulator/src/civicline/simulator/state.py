@@ -37,6 +37,17 @@ def _same_recipient(recorded: str | None, wanted: str) -> bool:
     return recorded == wanted or (normalise_wa_id(recorded) or None) == normalise_wa_id(wanted)
 
 
+def busiest_second(times: Iterable[float]) -> int:
+    """The most events in any half-open one-second window (how Meta counts messages/s)."""
+    ordered = sorted(times)
+    busiest, start = 0, 0
+    for end, moment in enumerate(ordered):
+        while moment - ordered[start] >= 1.0:
+            start += 1
+        busiest = max(busiest, end - start + 1)
+    return busiest
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedSend:
     """One POST /messages attempt: accepted (it has a wamid) or failed by an injected fault."""
@@ -319,6 +330,41 @@ class SimulatorState:
             "last_sequence": self._last_sequence,
             "by_type": dict(by_type),
             "by_phone_number_id": dict(by_number),
+        }
+
+    def summary(self, *, message_type: str | None = None, after: int = 0) -> dict[str, Any]:
+        """Accepted sends (of `message_type`, after sequence `after`) counted without listing
+        them: how many, to how many recipients, who got more than one, the busiest second,
+        and per template name and language. For checking a 50,000-message broadcast."""
+        sends = [
+            s
+            for s in self._sends
+            if s.accepted
+            and s.sequence > after
+            and (message_type is None or s.type == message_type)
+        ]
+        recipients = Counter(s.to for s in sends)
+        templates: Counter[str] = Counter()
+        languages: Counter[str] = Counter()
+        for send in sends:
+            template = send.body.get("template")
+            if isinstance(template, Mapping):
+                templates[str(template.get("name"))] += 1
+                language = template.get("language")
+                if isinstance(language, Mapping):
+                    languages[str(language.get("code"))] += 1
+        times = [s.received_at for s in sends]
+        return {
+            "accepted": len(sends),
+            "recipients": len(recipients),
+            "duplicates": {to: n for to, n in recipients.items() if n > 1 and to is not None},
+            "busiest_second": busiest_second(times),
+            "first_at": _iso(min(times)) if times else None,
+            "last_at": _iso(max(times)) if times else None,
+            "seconds": max(times) - min(times) if times else 0.0,
+            "by_template": dict(templates),
+            "by_language": dict(languages),
+            "last_sequence": self._last_sequence,
         }
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
