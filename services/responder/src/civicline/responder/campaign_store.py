@@ -225,8 +225,14 @@ async def _change(
     if state == "cancelled":
         # Nobody still waiting gets it; sends already with Meta keep their outcome.
         cancelled = await connection.fetchval(
-            """WITH c AS (UPDATE campaign_recipients SET state = 'cancelled', updated_at = now()
-                          WHERE campaign_id = $1 AND state IN ('queued', 'claimed')
+            # Locked in wa_id order, as the senders' batch statements lock them.
+            """WITH locked AS (SELECT wa_id FROM campaign_recipients
+                               WHERE campaign_id = $1 AND state IN ('queued', 'claimed')
+                               ORDER BY wa_id FOR UPDATE),
+                    c AS (UPDATE campaign_recipients r SET state = 'cancelled',
+                                 updated_at = now()
+                          FROM locked WHERE r.campaign_id = $1 AND r.wa_id = locked.wa_id
+                            AND r.state IN ('queued', 'claimed')
                           RETURNING 1)
                SELECT count(*) FROM c""",
             campaign_id,
@@ -564,8 +570,13 @@ async def mark_sending(
     """Mark claimed recipients (wa_id, claimer) as being sent, right before their Graph API
     calls; returns those marked (a recipient cancelled since is not)."""
     rows = await pool.fetch(
-        """UPDATE campaign_recipients AS r SET state = 'sending', claimed_at = clock_timestamp()
-           FROM unnest($2::text[], $3::text[]) AS u(wa_id, claimer)
+        # Rows locked in wa_id order first, as every multi-row statement here does: two
+        # statements locking overlapping rows in different orders would deadlock.
+        """WITH u AS (SELECT * FROM unnest($2::text[], $3::text[]) AS u(wa_id, claimer)),
+           locked AS (SELECT r.wa_id FROM campaign_recipients r JOIN u USING (wa_id)
+                      WHERE r.campaign_id = $1 ORDER BY r.wa_id FOR UPDATE OF r)
+           UPDATE campaign_recipients AS r SET state = 'sending', claimed_at = clock_timestamp()
+           FROM u JOIN locked USING (wa_id)
            WHERE r.campaign_id = $1 AND r.wa_id = u.wa_id AND r.state = 'claimed'
              AND r.claimed_by = u.claimer
            RETURNING r.wa_id""",
@@ -589,11 +600,14 @@ class Outcome:
 
 async def settle(pool: asyncpg.Pool, campaign_id: uuid.UUID, outcomes: Sequence[Outcome]) -> None:
     await pool.execute(
-        """UPDATE campaign_recipients AS r SET state = u.state, wamid = u.wamid,
+        """WITH u AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::int[])
+                          AS u(wa_id, state, wamid, error_code)),
+           locked AS (SELECT r.wa_id FROM campaign_recipients r JOIN u USING (wa_id)
+                      WHERE r.campaign_id = $1 ORDER BY r.wa_id FOR UPDATE OF r)
+           UPDATE campaign_recipients AS r SET state = u.state, wamid = u.wamid,
                   error_code = u.error_code, claimed_by = CASE WHEN u.state = 'queued'
                   THEN NULL ELSE r.claimed_by END, updated_at = now()
-           FROM unnest($2::text[], $3::text[], $4::text[], $5::int[])
-                AS u(wa_id, state, wamid, error_code)
+           FROM u JOIN locked USING (wa_id)
            WHERE r.campaign_id = $1 AND r.wa_id = u.wa_id AND r.state = 'sending'""",
         campaign_id,
         [o.wa_id for o in outcomes],
