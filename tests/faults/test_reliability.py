@@ -163,7 +163,9 @@ async def test_poison_webhooks_are_kept_and_never_loop(harness: Harness) -> None
     rejected = await harness.audit_kinds("inbound.rejected")
     assert rejected == len(poison)
     depths = await harness.dead_letters()
-    assert depths == {"router.inbound.dlq": 2, "responder.messages.dlq": 0, "audit.events.dlq": 0}
+    # The two poison bodies wait for inspection in the router's dead-letter queue; every other
+    # dead-letter queue (whatever queues the topology has) stays empty.
+    assert depths == dict.fromkeys(depths, 0) | {"router.inbound.dlq": 2}
 
 
 def build_batch(messages: list[tuple[bytes, str]]) -> Webhook:
