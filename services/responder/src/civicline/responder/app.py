@@ -22,6 +22,9 @@ from civicline.responder.throttle import BroadcastSender, RateLimitedSender, Sen
 
 # Campaign jobs (100 recipients each) in flight at once: each sends one wave at a time, so
 # several keep the number's broadcast slots used while others wait on Postgres or Meta.
+# Delivery statuses (three per reply) are joined to campaign recipients one transaction each:
+# a few at a time, or they hold every pooled connection and the replies wait for one.
+STATUS_PREFETCH = 8
 BROADCAST_PREFETCH = 16
 
 
@@ -99,7 +102,7 @@ def create_app(settings: Settings) -> web.Application:
         build_handler,
         more=(
             MoreConsumer(RESPONDER_BROADCASTS, build_broadcasts, BROADCAST_PREFETCH),
-            MoreConsumer(RESPONDER_STATUSES, build_statuses, settings.prefetch),
+            MoreConsumer(RESPONDER_STATUSES, build_statuses, STATUS_PREFETCH),
         ),
     )
     add_campaign_routes(app, settings.campaign_operator_tokens, topics)
