@@ -3,17 +3,25 @@ broadcast campaigns, and serves the operator API that runs them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 from aiohttp import web
 
 from civicline.common.amqp import MessageHandler
+from civicline.common.batching import Batcher
 from civicline.common.runtime import MoreConsumer, Runtime, create_consumer_app
 from civicline.common.settings import Settings
 from civicline.common.topics import load_topics
 from civicline.common.topology import RESPONDER_BROADCASTS, RESPONDER_MESSAGES, RESPONDER_STATUSES
 from civicline.responder.adapters import ReplyLedger
 from civicline.responder.api import DRIVER_WAKE, add_campaign_routes
-from civicline.responder.broadcasts import Driver, broadcast_handler, status_handler
+from civicline.responder.broadcasts import (
+    Driver,
+    broadcast_handler,
+    status_batcher,
+    status_handler,
+)
 from civicline.responder.campaigns import broadcast_rate
 from civicline.responder.catalog import load_catalog
 from civicline.responder.graph import GraphClient
@@ -22,9 +30,9 @@ from civicline.responder.throttle import BroadcastSender, RateLimitedSender, Sen
 
 # Campaign jobs (100 recipients each) in flight at once: each sends one wave at a time, so
 # several keep the number's broadcast slots used while others wait on Postgres or Meta.
-# Delivery statuses (three per reply) are joined to campaign recipients one transaction each:
-# a few at a time, or they hold every pooled connection and the replies wait for one.
-STATUS_PREFETCH = 8
+# Delivery statuses (three per reply) are joined to campaign recipients in batches, one
+# transaction each: enough in flight to fill a batch.
+STATUS_PREFETCH = 256
 BROADCAST_PREFETCH = 16
 
 
@@ -34,6 +42,7 @@ def create_app(settings: Settings) -> web.Application:
     topics = load_topics(settings.topics_path)
     sessions: list[aiohttp.ClientSession] = []
     ledgers: list[ReplyLedger] = []
+    status_batchers: list[Batcher[Any, Any]] = []
     schedules: dict[str, SendSchedule] = {}
 
     def graph_client() -> GraphClient:
@@ -94,7 +103,10 @@ def create_app(settings: Settings) -> web.Application:
         )
 
     async def build_statuses(runtime: Runtime) -> MessageHandler:
-        return status_handler(runtime.pool, runtime.publisher)
+        batcher = status_batcher(runtime.pool, runtime.publisher)
+        batcher.start()
+        status_batchers.append(batcher)
+        return status_handler(runtime.publisher, batcher)
 
     app = create_consumer_app(
         settings,
@@ -113,6 +125,8 @@ def create_app(settings: Settings) -> web.Application:
             await session.close()
         for ledger in ledgers:
             await ledger.close()
+        for batcher in status_batchers:
+            await batcher.close()
 
     app.on_cleanup.append(close_sessions)
     return app

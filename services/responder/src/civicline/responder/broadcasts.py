@@ -17,6 +17,7 @@ import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -31,6 +32,7 @@ from civicline.common.amqp import (
     delivery_id,
     retry_attempt,
 )
+from civicline.common.batching import Batcher as CommonBatcher
 from civicline.common.envelope import Envelope, EnvelopeError, utc_now
 from civicline.common.failures import outlast_outage
 from civicline.common.topology import (
@@ -55,6 +57,8 @@ from civicline.responder.throttle import BroadcastSender
 log = structlog.get_logger(__name__)
 
 MISSING_RETRIES = 3
+# Delivery statuses joined to campaign recipients per transaction, at most.
+STATUS_BATCH = 128
 MISSING_PAUSES = (0.02, 0.1, 0.3)
 BROADCASTS = Counter("civicline_broadcast_sends_total", "Campaign send outcomes", ["outcome"])
 
@@ -349,7 +353,49 @@ async def _report_settled(
         await publisher.publish_envelope(event)
 
 
-def status_handler(pool: asyncpg.Pool, publisher: Publisher) -> MessageHandler:
+@dataclass(frozen=True, slots=True)
+class _Status:
+    update: store.StatusUpdate
+    occurred_at: datetime
+    errors: object
+
+
+def status_batcher(
+    pool: asyncpg.Pool, publisher: Publisher
+) -> CommonBatcher[_Status, store.StatusJoin]:
+    """Statuses joined to campaign recipients in batches (three per reply arrive, nearly all
+    of replies): one transaction per batch, the `broadcast.status.<state>` events published
+    before it commits, so a failed publish leaves the statuses to be applied again."""
+
+    async def join(batch: Sequence[_Status]) -> list[store.StatusJoin]:
+        async with pool.acquire() as connection, connection.transaction():
+            joins = await store.apply_statuses(connection, [s.update for s in batch])
+            events = [
+                delivery_event(
+                    j.match.campaign_id,
+                    j.match.wa_id,
+                    s.update.wamid,
+                    s.update.status,
+                    s.occurred_at,
+                    s.errors,
+                )
+                for s, j in zip(batch, joins, strict=True)
+                if j.match is not None and j.match.state is not None
+            ]
+            outcomes = await asyncio.gather(
+                *(publisher.publish_envelope(e) for e in events), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        return joins
+
+    return CommonBatcher(join, size=STATUS_BATCH, linger=0, name="campaign-statuses")
+
+
+def status_handler(
+    publisher: Publisher, batcher: CommonBatcher[_Status, store.StatusJoin]
+) -> MessageHandler:
     """Join Meta's delivery statuses to campaign recipients by wamid (statuses of replies are
     left alone) and publish `broadcast.status.<state>`."""
 
@@ -364,22 +410,15 @@ def status_handler(pool: asyncpg.Pool, publisher: Publisher) -> MessageHandler:
         if not isinstance(wamid, str) or not isinstance(status, str):
             raise PoisonMessage("status event without wamid or status")
         errors = envelope.payload.get("errors")
-        code = _first_error_code(errors)
-        async with pool.acquire() as connection, connection.transaction():
-            match = await store.apply_status(connection, wamid, status, code)
-            if match is not None and match.state is not None:
-                await publisher.publish_envelope(
-                    delivery_event(
-                        match.campaign_id, match.wa_id, wamid, status, envelope.occurred_at, errors
-                    )
-                )
+        update = store.StatusUpdate(
+            wamid,
+            status,
+            _first_error_code(errors),
+            recipient if isinstance(recipient, str) else None,
+        )
+        joined = await batcher.submit(_Status(update, envelope.occurred_at, errors))
         # Meta can report a send before our record of it has its wamid: look again soon.
-        if (
-            match is None
-            and isinstance(recipient, str)
-            and retry_attempt(message) < 3
-            and await store.send_pending_for(pool, recipient)
-        ):
+        if joined.match is None and joined.pending and retry_attempt(message) < 3:
             await publisher.retry_later(message, RESPONDER_STATUSES, retry_attempt(message) + 1)
 
     return handle

@@ -627,30 +627,79 @@ class StatusMatch:
     state: str | None  # the new state, or None when the status changed nothing
 
 
-async def apply_status(
-    connection: asyncpg.Connection, wamid: str, status: str, error_code: int | None
-) -> StatusMatch | None:
-    """Join Meta's status to the campaign recipient sent that wamid; None if none was."""
-    row = await connection.fetchrow(
-        """SELECT campaign_id, wa_id, state FROM campaign_recipients WHERE wamid = $1
-           FOR UPDATE""",
-        wamid,
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    wamid: str
+    status: str
+    error_code: int | None
+    recipient: str | None  # the citizen Meta names, to tell "not ours" from "not recorded yet"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusJoin:
+    match: StatusMatch | None
+    pending: bool  # no match, but a campaign send to this citizen is being recorded
+
+
+async def apply_statuses(
+    connection: asyncpg.Connection, updates: Sequence[StatusUpdate]
+) -> list[StatusJoin]:
+    """Join Meta's statuses to the campaign recipients sent those wamids, in three statements
+    whatever their number (most are statuses of replies, which match no recipient): the
+    matching recipients locked in wa_id order, their new states written at once, and for the
+    rest whether a send to that citizen is between its Graph API call and its record.
+    Statuses are applied in order: two of one message in a batch, one after the other."""
+    rows = await connection.fetch(
+        """SELECT campaign_id, wa_id, state, wamid FROM campaign_recipients
+           WHERE wamid = ANY($1::text[]) ORDER BY campaign_id, wa_id FOR UPDATE""",
+        sorted({u.wamid for u in updates}),
     )
-    if row is None:
-        return None
-    state = next_delivery_state(row["state"], status)
-    if state is not None:
+    current = {row["wamid"]: (row["campaign_id"], row["wa_id"], row["state"]) for row in rows}
+    joins: list[StatusJoin] = []
+    changed: dict[str, tuple[uuid.UUID, str, str, int | None]] = {}
+    for update in updates:
+        found = current.get(update.wamid)
+        if found is None:
+            joins.append(StatusJoin(None, pending=False))
+            continue
+        campaign_id, wa_id, state = found
+        new = next_delivery_state(state, update.status)
+        if new is not None:
+            current[update.wamid] = (campaign_id, wa_id, new)
+            code = update.error_code if new == "failed" else None
+            changed[update.wamid] = (campaign_id, wa_id, new, code)
+        joins.append(StatusJoin(StatusMatch(campaign_id, wa_id, new), pending=False))
+    if changed:
+        values = list(changed.values())
         await connection.execute(
-            """UPDATE campaign_recipients SET state = $3, updated_at = now(),
-                      error_code = CASE WHEN $3 = 'failed' THEN $4 ELSE error_code END,
-                      reason = CASE WHEN $3 = 'failed' THEN 'after_sent' ELSE reason END
-               WHERE campaign_id = $1 AND wa_id = $2""",
-            row["campaign_id"],
-            row["wa_id"],
-            state,
-            error_code,
+            """UPDATE campaign_recipients AS r SET state = u.state, updated_at = now(),
+                      error_code = CASE WHEN u.state = 'failed' THEN u.error_code
+                                        ELSE r.error_code END,
+                      reason = CASE WHEN u.state = 'failed' THEN 'after_sent' ELSE r.reason END
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[])
+                    AS u(campaign_id, wa_id, state, error_code)
+               WHERE r.campaign_id = u.campaign_id AND r.wa_id = u.wa_id""",
+            [v[0] for v in values],
+            [v[1] for v in values],
+            [v[2] for v in values],
+            [v[3] for v in values],
         )
-    return StatusMatch(row["campaign_id"], row["wa_id"], state)
+    unmatched = {u.recipient for u, j in zip(updates, joins, strict=True) if j.match is None}
+    unmatched.discard(None)
+    if unmatched:
+        sending = {
+            row["wa_id"]
+            for row in await connection.fetch(
+                """SELECT DISTINCT wa_id FROM campaign_recipients
+                   WHERE wa_id = ANY($1::text[]) AND state = 'sending'""",
+                sorted(w for w in unmatched if w is not None),
+            )
+        }
+        joins = [
+            StatusJoin(None, pending=u.recipient in sending) if j.match is None else j
+            for u, j in zip(updates, joins, strict=True)
+        ]
+    return joins
 
 
 async def send_pending_for(pool: asyncpg.Pool, citizen: str) -> bool:
