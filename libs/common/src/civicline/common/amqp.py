@@ -194,11 +194,13 @@ class Publisher:
             },
         )
         try:
-            # One deadline for the whole publish, applied in this task: given a timeout of its
-            # own, aio-pika wraps each step in wait_for, a new task per step and message.
-            async with asyncio.timeout(self._timeout):
-                exchange = self._exchange or await self._ensure_exchange()
-                await exchange.publish(message, routing_key, mandatory=True)
+            exchange = self._exchange
+            if exchange is None:
+                exchange = await asyncio.wait_for(self._ensure_exchange(), self._timeout)
+            # aio-pika applies the timeout to each step (lock, write, confirm) itself. One
+            # asyncio.timeout around the whole publish was tried instead, to spare those
+            # steps' wait_for tasks, and a black-holed connection then held a publish past it.
+            await exchange.publish(message, routing_key, mandatory=True, timeout=self._timeout)
         except Exception as exc:
             _published(routing_key, "failed").inc()
             raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc
