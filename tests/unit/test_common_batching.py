@@ -70,3 +70,27 @@ async def test_one_bad_item_fails_alone_and_its_batch_mates_go_through() -> None
 def test_a_batch_holds_at_least_one_item() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(Recorder().process, size=0, linger=0.01, name="test")
+
+
+async def test_a_cancellation_from_below_fails_its_batch_and_the_batcher_goes_on() -> None:
+    # aiormq cancels its own channel tasks when a channel closes; a batch awaiting one sees a
+    # CancelledError that is not the batcher's. Before, it ended the batcher's task, and every
+    # later item waited forever (the router stopped routing after a black-holed broker).
+    calls: list[list[int]] = []
+
+    async def process(batch: Sequence[int]) -> list[int]:
+        calls.append(list(batch))
+        if len(calls) == 1:
+            inner = asyncio.ensure_future(asyncio.sleep(10))
+            asyncio.get_running_loop().call_soon(inner.cancel)
+            await inner  # raises CancelledError, as a cancelled library task does
+        return list(batch)
+
+    batcher: Batcher[int, int] = Batcher(process, size=10, linger=0, name="test")
+    batcher.start()
+    try:
+        first = await asyncio.wait_for(asyncio.gather(batcher.submit(1), return_exceptions=True), 5)
+        assert isinstance(first[0], DependencyUnavailable)  # an outage: waited out, retried
+        assert await asyncio.wait_for(batcher.submit(2), 5) == 2
+    finally:
+        await batcher.close()

@@ -63,6 +63,12 @@ CONSUMED = Counter("civicline_consumed_total", "Messages consumed", ["queue", "o
 HANDLE_SECONDS = Histogram("civicline_handle_seconds", "Time to handle one message", ["queue"])
 
 
+def _cancelling() -> bool:
+    """Whether the running task itself has been asked to cancel."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 @functools.cache
 def _consumed(queue: str, outcome: str) -> Counter:
     return CONSUMED.labels(queue, outcome)
@@ -197,10 +203,15 @@ class Publisher:
             exchange = self._exchange
             if exchange is None:
                 exchange = await asyncio.wait_for(self._ensure_exchange(), self._timeout)
-            # aio-pika applies the timeout to each step (lock, write, confirm) itself. One
-            # asyncio.timeout around the whole publish was tried instead, to spare those
-            # steps' wait_for tasks, and a black-holed connection then held a publish past it.
             await exchange.publish(message, routing_key, mandatory=True, timeout=self._timeout)
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                raise  # our own task is being cancelled: let it
+            # aiormq runs each channel call as a task of its own and cancels it when the
+            # channel closes (a broker restart, a dead connection): the message is not
+            # confirmed, which is a failed publish, not a cancellation of the caller.
+            _published(routing_key, "failed").inc()
+            raise PublishFailed("channel closed before the broker confirmed") from exc
         except Exception as exc:
             _published(routing_key, "failed").inc()
             raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc

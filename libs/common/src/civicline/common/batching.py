@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from civicline.common.failures import is_outage
+from civicline.common.failures import DependencyUnavailable, is_outage
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +92,18 @@ class Batcher(Generic[T, R]):
     async def _run_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
             results = await self._process([item for item, _ in batch])
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() > 0:  # our own close
+                for _, done in batch:
+                    done.cancel()
+                raise
+            # A library cancelled a task of its own under us (aiormq does when a channel
+            # closes). That fails this batch as an outage, which its waiters wait out; the
+            # batcher must outlive it, or every later item would wait forever.
+            log.warning("batch_cancelled_from_below", batcher=self._name, size=len(batch))
+            for _, done in batch:
+                _settle(done, DependencyUnavailable("batch cancelled by a dependency"))
         except Exception as exc:
             if is_outage(exc) or len(batch) == 1:
                 for _, done in batch:
