@@ -730,6 +730,17 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+def per_step_table(steps: list[dict[str, Any]], key: str, title: str, number: str) -> list[str]:
+    """A Markdown table of one per-part reading (`key`: part -> value) per step."""
+    parts = list(steps[0][key]) if steps else []
+    lines = ["", title, "", "| offered/s | " + " | ".join(parts) + " |"]
+    lines.append("|---|" + "---|" * len(parts))
+    for step in steps:
+        values = [number.format(step[key][part]) for part in parts]
+        lines.append(f"| {cell(step['offered_per_s'])} | " + " | ".join(values) + " |")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     machine, ceilings = result["machine"], result["ceilings"]
     lines = [
@@ -759,28 +770,18 @@ def markdown(result: dict[str, Any]) -> str:
             keys = key if isinstance(key, tuple) else (key,)
             cells.append(" / ".join(cell(step[k]) for k in keys))
         lines.append("| " + " | ".join(cells) + " |")
-    parts = list(result["steps"][0]["cpu_cores"]) if result["steps"] else []
-    lines += [
-        "",
+    lines += per_step_table(
+        result["steps"],
+        "cpu_cores",
         "CPU used during each step, in cores (RabbitMQ and PostgreSQL are whole servers):",
-        "",
-        "| offered/s | " + " | ".join(parts) + " |",
-        "|---|" + "---|" * len(parts),
-    ]
-    for step in result["steps"]:
-        shares = [f"{step['cpu_cores'][part]:.2f}" for part in parts]
-        lines.append(f"| {cell(step['offered_per_s'])} | " + " | ".join(shares) + " |")
-    services = list(result["steps"][0]["rss_mib"]) if result["steps"] else []
-    lines += [
-        "",
+        "{:.2f}",
+    )
+    lines += per_step_table(
+        result["steps"],
+        "rss_mib",
         "Resident memory of each service at the end of each step, MiB:",
-        "",
-        "| offered/s | " + " | ".join(services) + " |",
-        "|---|" + "---|" * len(services),
-    ]
-    for step in result["steps"]:
-        sizes = [f"{step['rss_mib'][name]:.1f}" for name in services]
-        lines.append(f"| {cell(step['offered_per_s'])} | " + " | ".join(sizes) + " |")
+        "{:.1f}",
+    )
     growth = result.get("memory") or {}
     if growth:
         minutes = next(iter(growth.values()))["minutes"]

@@ -702,18 +702,6 @@ async def apply_statuses(
     return joins
 
 
-async def send_pending_for(pool: asyncpg.Pool, citizen: str) -> bool:
-    """Is a campaign send to `citizen` between the Graph API call and its record? A status
-    for it may then arrive before its wamid is stored."""
-    return bool(
-        await pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM campaign_recipients WHERE wa_id = $1 "
-            "AND state = 'sending')",
-            citizen,
-        )
-    )
-
-
 RECIPIENT_STATES = frozenset(
     {
         "queued",
