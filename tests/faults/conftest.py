@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -12,7 +12,7 @@ from civicline.simulator.server import Simulator
 from support.harness import SCENARIO_LINES, Harness, ProxiedHarness, signing_env
 from support.isolation import EnvironmentFactory
 from support.pipeline import Pipeline
-from support.tcpproxy import TcpProxy
+from support.tcpproxy import TcpProxy, through
 
 
 @pytest.fixture
@@ -30,13 +30,6 @@ async def harness(
             for service, process in pipeline.processes.items():
                 if process.poll() is None:
                     await pipeline.stop(service)
-
-
-def _through(url: str, port: int) -> str:
-    """`url` with its host and port replaced by the proxy's."""
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{port}"))
 
 
 @pytest.fixture
@@ -58,8 +51,8 @@ async def proxied_harness(
             environment,
             simulator.base_url,
             tmp_path,
-            amqp_url=_through(environment.amqp_url, amqp.port),
-            database_url=_through(environment.database_url, postgres.port),
+            amqp_url=through(environment.amqp_url, amqp.port),
+            database_url=through(environment.database_url, postgres.port),
             extra_env=env,
         )
         try:

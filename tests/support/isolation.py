@@ -46,7 +46,20 @@ def _rabbitmqctl(*args: str) -> None:
         )
     result = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
+        raise RuntimeError(
+            f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}\n{_epmd_names()}"
+        )
+
+
+def _epmd_names() -> str:
+    """What Erlang's port mapper knows: the CLI reaches the broker's node through it, and
+    "nodistribution" above means the CLI could not use it (epmd gone, or the node with it)."""
+    epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+    try:
+        names = subprocess.run([epmd, "-names"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"epmd -names: {exc}"
+    return f"epmd -names (exit {names.returncode}): {(names.stdout + names.stderr).strip()}"
 
 
 async def create_database(name: str, *, migrated: bool = True) -> str:

@@ -76,10 +76,11 @@ class Pipeline:
         )
         log.close()
 
-    async def wait_ready(self, service: str, timeout: float = 60.0) -> None:
+    async def wait_ready(self, service: str, timeout: float = 60.0, probe: str = "readyz") -> None:
         """Wait until the service answers /readyz with 200 (its dependencies are reachable
-        and it consumes), failing early if the process exits."""
-        url = f"http://127.0.0.1:{self.ports[service]}/readyz"
+        and it consumes), or /healthz (it is up) if `probe` says so, failing early if the
+        process exits."""
+        url = f"http://127.0.0.1:{self.ports[service]}/{probe}"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         async with aiohttp.ClientSession() as session:

@@ -28,9 +28,15 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from prometheus_client import Counter, Histogram
+from yarl import URL
 
 from civicline.common.envelope import CONTENT_TYPE, Envelope
-from civicline.common.failures import DependencyUnavailable, is_outage
+from civicline.common.failures import (
+    DependencyUnavailable,
+    cancelled_from_below,
+    is_outage,
+    shutdown_step,
+)
 from civicline.common.retry import retry_forever
 from civicline.common.settings import redact_url
 from civicline.common.topology import EXCHANGE, QueueSpec, declare
@@ -63,12 +69,6 @@ CONSUMED = Counter("civicline_consumed_total", "Messages consumed", ["queue", "o
 HANDLE_SECONDS = Histogram("civicline_handle_seconds", "Time to handle one message", ["queue"])
 
 
-def _cancelling() -> bool:
-    """Whether the running task itself has been asked to cancel."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 @functools.cache
 def _consumed(queue: str, outcome: str) -> Counter:
     return CONSUMED.labels(queue, outcome)
@@ -92,6 +92,11 @@ class PoisonMessage(Exception):
 # Seconds between AMQP heartbeats unless the URL sets `heartbeat`: a connection whose packets
 # vanish (a black-holed network, no FIN) is noticed within a few intervals, not minutes.
 DEFAULT_HEARTBEAT = 5
+# Seconds one connection attempt may take (TCP, TLS and the AMQP handshake) before it is
+# given up and tried again.
+CONNECT_TIMEOUT = 10
+# Seconds a stopping consumer waits for the broker to cancel it, and to close its channel.
+CONSUMER_STEP_TIMEOUT = 5
 
 
 def with_heartbeat(url: str) -> str:
@@ -118,12 +123,21 @@ class Broker:
 
     async def _connect(self) -> None:
         async def attempt() -> AbstractRobustConnection:
-            return await aio_pika.connect_robust(
-                with_heartbeat(self._url),
+            # Built here rather than by aio_pika.connect_robust, which hands back nothing when
+            # the first connect fails or is cancelled: the connection's own reconnect task
+            # then lives on, retrying forever and swallowing every cancellation until close()
+            # is called, so a process that started against a silent broker never exited.
+            connection = aio_pika.RobustConnection(
+                URL(with_heartbeat(self._url)),
                 client_properties={"connection_name": self._name},
                 reconnect_interval=self._reconnect_interval,
-                timeout=10,
             )
+            try:
+                await connection.connect(timeout=CONNECT_TIMEOUT)
+            except BaseException:
+                await connection.close()
+                raise
+            return connection
 
         self._connection = await retry_forever(attempt, what=f"rabbitmq {redact_url(self._url)}")
         log.info("amqp_connected", broker=redact_url(self._url))
@@ -147,7 +161,9 @@ class Broker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._connection is not None:
-            await self._connection.close()
+            # close() stops the reconnect task before it says goodbye to the broker, so even
+            # when a black-holed broker never answers, nothing keeps retrying after this.
+            await shutdown_step("close the AMQP connection", self._connection.close(), timeout=5)
 
 
 class Publisher:
@@ -205,7 +221,7 @@ class Publisher:
                 exchange = await asyncio.wait_for(self._ensure_exchange(), self._timeout)
             await exchange.publish(message, routing_key, mandatory=True, timeout=self._timeout)
         except asyncio.CancelledError as exc:
-            if _cancelling():
+            if not cancelled_from_below():
                 raise  # our own task is being cancelled: let it
             # aiormq runs each channel call as a task of its own and cancels it when the
             # channel closes (a broker restart, a dead connection): the message is not
@@ -393,6 +409,10 @@ class Consumer:
         # to another consumer, and our consumers are idempotent, so nothing is lost.
         try:
             await settlement
+        except asyncio.CancelledError:
+            if not cancelled_from_below():
+                raise
+            log.warning("settle_failed", error="the channel closed under the ack")
         except Exception as exc:
             log.warning("settle_failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -401,8 +421,11 @@ class Consumer:
         is left unsettled (the broker redelivers it) and close the channel."""
         self._stopping = True
         if self._queue is not None and self._tag is not None:
-            with contextlib.suppress(Exception):
-                await self._queue.cancel(self._tag)
+            await shutdown_step(
+                f"cancel the consumer of {self._spec.name}",
+                self._queue.cancel(self._tag),
+                timeout=CONSUMER_STEP_TIMEOUT,
+            )
             self._tag = None
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
@@ -412,5 +435,8 @@ class Consumer:
                 task.cancel()
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
+            await shutdown_step(
+                f"close the channel of {self._spec.name}",
+                self._channel.close(),
+                timeout=CONSUMER_STEP_TIMEOUT,
+            )

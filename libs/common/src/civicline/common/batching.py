@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from civicline.common.failures import DependencyUnavailable, is_outage
+from civicline.common.failures import DependencyUnavailable, cancelled_from_below, is_outage
 
 log = structlog.get_logger(__name__)
 
@@ -93,8 +93,7 @@ class Batcher(Generic[T, R]):
         try:
             results = await self._process([item for item, _ in batch])
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling() > 0:  # our own close
+            if not cancelled_from_below():  # our own close
                 for _, done in batch:
                     done.cancel()
                 raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from civicline.common.failures import shutdown_step
 from civicline.common.retry import retry_forever
 from civicline.common.settings import redact_url
 
@@ -38,6 +39,13 @@ async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> as
 
     pool: asyncpg.Pool = await retry_forever(attempt, what=f"postgres {redact_url(dsn)}")
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, *, timeout: float = 5.0) -> None:
+    """Close `pool` gracefully if Postgres answers within `timeout`, else drop its
+    connections: an unreachable server must not hold a stopping process."""
+    if not await shutdown_step("close the Postgres pool", pool.close(), timeout=timeout):
+        pool.terminate()
 
 
 async def pool_is_ready(pool: asyncpg.Pool | None) -> bool:

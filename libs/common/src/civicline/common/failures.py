@@ -58,3 +58,32 @@ async def outlast_outage(operation: Callable[[], Awaitable[T]], *, what: str) ->
             if attempt == 1 or attempt % 10 == 0:
                 log.warning("waiting_for_dependency", what=what, attempt=attempt, error=str(exc))
             await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 10)) * (0.5 + random.random() / 2))
+
+
+def cancelled_from_below() -> bool:
+    """For a CancelledError just caught: True when nobody cancelled the running task, so the
+    error came from a library cancelling a task of its own under it (aiormq cancels its
+    channel calls when a channel or connection closes). That is a failed call, not a request
+    to stop, and is handled like one."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
+async def shutdown_step(what: str, step: Awaitable[object], *, timeout: float) -> bool:
+    """Await one step of a shutdown for at most `timeout` seconds; True if it completed.
+
+    A step that fails, hangs (a black-holed broker answers nothing) or is cancelled from below
+    is logged and the shutdown goes on: the steps after it (closing the pool, the connection)
+    must still run, or the process outlives its grace period."""
+    try:
+        async with asyncio.timeout(timeout):
+            await step
+    except asyncio.CancelledError:
+        if not cancelled_from_below():
+            raise
+        log.warning("shutdown_step_cancelled", step=what)
+    except Exception as exc:
+        log.warning("shutdown_step_failed", step=what, error=f"{type(exc).__name__}: {exc}")
+    else:
+        return True
+    return False

@@ -18,8 +18,15 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from civicline.common.amqp import Broker, Consumer, MessageHandler, Publisher
-from civicline.common.db import connect_pool, pool_is_ready
+from civicline.common.amqp import (
+    CONSUMER_STEP_TIMEOUT,
+    Broker,
+    Consumer,
+    MessageHandler,
+    Publisher,
+)
+from civicline.common.db import close_pool, connect_pool, pool_is_ready
+from civicline.common.failures import shutdown_step
 from civicline.common.health import add_health_routes, register_readiness
 from civicline.common.settings import Settings
 from civicline.common.topology import QueueSpec
@@ -113,15 +120,28 @@ def create_consumer_app(
             starter.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await starter
+        # Every step is bounded and runs whatever the one before did: a process that hangs
+        # on a dead dependency outlives its grace period and is killed with work in hand.
         runtime = app.get(RUNTIME)
         for stop in runtime.on_stop if runtime is not None else ():
-            await stop()
-        for consumer in [state.get("consumer"), *state.get("more", [])]:  # type: ignore[misc]
-            if isinstance(consumer, Consumer):
-                await consumer.stop(settings.shutdown_timeout)
+            await shutdown_step("stop background work", stop(), timeout=settings.shutdown_timeout)
+        consumers = [state.get("consumer"), *state.get("more", [])]  # type: ignore[misc]
+        # All at once, so their drains overlap instead of adding up.
+        await asyncio.gather(
+            *(
+                shutdown_step(
+                    "stop a consumer",
+                    consumer.stop(settings.shutdown_timeout),
+                    # Cancelling the consumer, the drain, closing the channel.
+                    timeout=settings.shutdown_timeout + 2 * CONSUMER_STEP_TIMEOUT,
+                )
+                for consumer in consumers
+                if isinstance(consumer, Consumer)
+            )
+        )
         pool = state.get("pool")
         if isinstance(pool, asyncpg.Pool):
-            await pool.close()
+            await close_pool(pool)
         await broker.close()
         log.info("stopped", queue=spec.name)
 
