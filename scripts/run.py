@@ -156,6 +156,17 @@ async def run_pipeline() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    def hang_up() -> None:
+        # The terminal was closed. The services run in sessions of their own, so nothing else
+        # stops them: stop them in order as on Ctrl-C, writing to nowhere (a write to the
+        # vanished terminal would fail and end this process with the services still up).
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, sys.stdout.fileno())
+        os.dup2(quiet, sys.stderr.fileno())
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGHUP, hang_up)
+
     ports = {
         "ingress": settings.ingress_port,
         "router": settings.router_port,
