@@ -133,8 +133,14 @@ async def run_pipeline() -> int:
     use_simulator = settings.graph_api_base_url == DEFAULT_GRAPH_API_BASE_URL
     if use_simulator:
         port = str(urlsplit(DEFAULT_GRAPH_API_BASE_URL).port)
+        # As Meta does, the simulator answers every message it accepted with its sent,
+        # delivered and read status webhooks, signed with the app secret, to our ingress.
+        webhook = f"http://127.0.0.1:{settings.ingress_port}/webhook"
         commands = {
-            "simulator": [sys.executable, "-m", "civicline.simulator", "serve", "--port", port],
+            "simulator": [
+                *(sys.executable, "-m", "civicline.simulator", "serve", "--port", port),
+                *("--statuses-to", webhook),
+            ],
             **commands,
         }
     processes: dict[str, asyncio.subprocess.Process] = {}

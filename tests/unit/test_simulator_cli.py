@@ -282,3 +282,11 @@ def test_a_bad_port_variable_exits_2(capsys: pytest.CaptureFixture[str]) -> None
     env = {"WHATSAPP_APP_SECRET": "s", "INGRESS_PORT": "eighty"}
     assert main(["send", "--text", "hi"], env=env) == 2
     assert "INGRESS_PORT" in capsys.readouterr().err
+
+
+def test_serve_with_status_webhooks_but_no_secret_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Meta signs every webhook; an unsigned status would only be refused by ingress.
+    assert main(["serve", "--statuses-to", "http://127.0.0.1:8080/webhook"], env={}) == 2
+    assert "no app secret" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`civicline-simulator`: serve Meta's Graph API locally, or play a citizen texting the ingress.
 
 civicline-simulator serve [--host H] [--port P] [--access-token T] [--enforce-window]
+                          [--statuses-to WEBHOOK_URL [--secret S]]
 civicline-simulator send --text "투표소 위치 알려주세요" [--from WA_ID] [--wait SECONDS]
 civicline-simulator send --location 37.4979,127.0276 [--user-id KR.1234] …
 """
@@ -22,6 +23,7 @@ from typing import Any, Final
 import aiohttp
 
 from civicline.simulator.client import send_webhook
+from civicline.simulator.receipts import Receipts
 from civicline.simulator.server import Simulator
 from civicline.simulator.webhooks import (
     DEFAULT_PHONE_NUMBER_ID,
@@ -97,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--enforce-window",
         action="store_true",
         help="refuse free-form sends outside the citizen's 24-hour window (131047), as Meta does",
+    )
+    serve.add_argument(
+        "--statuses-to",
+        metavar="WEBHOOK_URL",
+        help="after each accepted message, post its sent, delivered and read status webhooks "
+        "here, signed like --secret, as Meta does (default: $SIMULATOR_STATUSES_TO; unset: none)",
+    )
+    serve.add_argument(
+        "--secret",
+        help="app secret to sign status webhooks with (default: first of "
+        "$WHATSAPP_APP_SECRET[_FILE])",
     )
 
     send = commands.add_parser("send", help="send one signed citizen message and await the reply")
@@ -183,21 +196,29 @@ class SendOptions:
 
 
 async def serve(
-    host: str, port: int, access_token: str | None, *, enforce_window: bool = False
+    host: str,
+    port: int,
+    access_token: str | None,
+    *,
+    enforce_window: bool = False,
+    statuses: tuple[str, str] | None = None,
 ) -> int:
-    """Serve until SIGINT or SIGTERM, then close the listener and exit cleanly."""
+    """Serve until SIGINT or SIGTERM, then close the listener and exit cleanly. With
+    `statuses` (webhook URL, app secret), accepted messages get their status webhooks."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    receipts = Receipts(*statuses) if statuses is not None else None
     try:
         async with Simulator(
-            host, port, access_token=access_token, enforce_window=enforce_window
+            host, port, access_token=access_token, enforce_window=enforce_window, receipts=receipts
         ) as sim:
             log.info(
-                "serving the Graph API on %s (bearer token check: %s)",
+                "serving the Graph API on %s (bearer token check: %s; status webhooks: %s)",
                 sim.base_url,
                 "configured token" if access_token else "any non-empty token",
+                receipts.webhook_url if receipts is not None else "none",
             )
             await stop.wait()
             log.info("stopping: %s", sim.stats())
@@ -348,7 +369,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 else _port(source, "SIMULATOR_PORT", DEFAULT_SIMULATOR_PORT)
             )
             token = args.access_token or read_secret(source, "WHATSAPP_ACCESS_TOKEN")
-            return asyncio.run(serve(args.host, port, token, enforce_window=args.enforce_window))
+            statuses_to = args.statuses_to or source.get("SIMULATOR_STATUSES_TO")
+            statuses = (
+                (statuses_to, resolve_app_secret(args.secret, source)) if statuses_to else None
+            )
+            return asyncio.run(
+                serve(args.host, port, token, enforce_window=args.enforce_window, statuses=statuses)
+            )
         ingress_port = _port(source, "INGRESS_PORT", DEFAULT_INGRESS_PORT)
         simulator_port = _port(source, "SIMULATOR_PORT", DEFAULT_SIMULATOR_PORT)
         options = SendOptions(

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from civicline.simulator.ids import new_wamid
 from civicline.simulator.meta_errors import describe, graph_error_body
+from civicline.simulator.receipts import Receipts
 from civicline.simulator.state import (
     Fault,
     RecordedRead,
@@ -28,6 +29,7 @@ from civicline.simulator.state import (
 from civicline.simulator.validation import InvalidRequest, check_request, normalise_wa_id
 
 STATE_KEY: Final = web.AppKey("simulator_state", SimulatorState)
+RECEIPTS_KEY: Final = web.AppKey("simulator_receipts", Receipts)
 
 log = logging.getLogger("civicline.simulator")
 
@@ -127,6 +129,9 @@ async def post_messages(request: web.Request) -> web.Response:
         headers=recordable_headers(request.headers),
     )
     await state.record_send(send)
+    receipts = request.app.get(RECEIPTS_KEY)
+    if receipts is not None:
+        receipts.schedule(send)
     log.info(
         "accepted send to=%s type=%s phone_number_id=%s wamid=%s",
         send.to,
@@ -255,8 +260,16 @@ async def post_windows(request: web.Request) -> web.Response:
     return _json({"citizen": citizen, "at": at})
 
 
+def _stats(app: web.Application) -> dict[str, Any]:
+    stats = app[STATE_KEY].stats()
+    receipts = app.get(RECEIPTS_KEY)
+    if receipts is not None:
+        stats["status_webhooks"] = vars(receipts.counts)
+    return stats
+
+
 async def get_stats(request: web.Request) -> web.Response:
-    return _json(request.app[STATE_KEY].stats())
+    return _json(_stats(request.app))
 
 
 async def get_health(_: web.Request) -> web.Response:
@@ -268,17 +281,26 @@ def create_app(
     access_token: str | None = None,
     phone_number_ids: Iterable[str] | None = None,
     enforce_window: bool = False,
+    receipts: Receipts | None = None,
 ) -> web.Application:
     """The simulator app. With `access_token` only that bearer token is accepted (else any);
     with `phone_number_ids` sends from other numbers fail as they would at Meta; with
     `enforce_window` a free-form send to a citizen whose 24-hour window is not open (see
-    `POST /_sim/windows`) fails with 131047, as at Meta."""
+    `POST /_sim/windows`) fails with 131047, as at Meta; with `receipts` every accepted message
+    is followed by its status webhooks (sent, delivered, read), as at Meta."""
     app = web.Application()
     app[STATE_KEY] = SimulatorState(
         access_token=access_token,
         phone_number_ids=phone_number_ids,
         enforce_window=enforce_window,
     )
+    if receipts is not None:
+        app[RECEIPTS_KEY] = receipts
+
+        async def stop_receipts(_: web.Application) -> None:
+            await receipts.close()
+
+        app.on_cleanup.append(stop_receipts)
     app.router.add_post(r"/{version:v\d+\.\d+}/{phone_number_id}/messages", post_messages)
     app.router.add_get("/_sim/sent", get_sent)
     app.router.add_get("/_sim/sent/summary", get_sent_summary)
@@ -308,6 +330,7 @@ class Simulator:
         access_token: str | None = None,
         phone_number_ids: Iterable[str] | None = None,
         enforce_window: bool = False,
+        receipts: Receipts | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -315,6 +338,7 @@ class Simulator:
             access_token=access_token,
             phone_number_ids=phone_number_ids,
             enforce_window=enforce_window,
+            receipts=receipts,
         )
         self._runner: web.AppRunner | None = None
 
@@ -394,4 +418,4 @@ class Simulator:
         self.state.clear_faults()
 
     def stats(self) -> dict[str, Any]:
-        return self.state.stats()
+        return _stats(self.app)
