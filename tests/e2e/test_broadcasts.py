@@ -126,6 +126,16 @@ def cli(pipeline: Pipeline, *args: str) -> str:
     return result.stdout
 
 
+def token_cli(pipeline: Pipeline, action: str, name: str, *more: str) -> str:
+    """`civicline-audit token <action> --name <name>`, as the README has an operator do."""
+    result = subprocess.run(
+        [sys.executable, "-m", "civicline.audit", "token", action, "--name", name, *more,
+         "--database-url", pipeline.environment.database_url],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return result.stdout
+
+
 async def seed_subscribers(
     database_url: str, topic: str, prefix: str, count: int, *, opted_out: int = 0
 ) -> list[str]:
@@ -477,3 +487,46 @@ async def test_a_responder_killed_mid_campaign_loses_and_duplicates_nothing(
 
 def _seconds(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
+
+
+async def test_operators_use_tokens_issued_in_the_api_token_table(pipeline: Pipeline) -> None:
+    # The same hashed, revocable tokens as the audit API's: issued, listed and revoked with
+    # civicline-audit token, no restart of the responder needed.
+    operator = token_cli(pipeline, "create", "flood-desk", "--role", "operator").split()[-1]
+    auditor = token_cli(pipeline, "create", "court-auditor", "--role", "auditor").split()[-1]
+    url = f"http://127.0.0.1:{pipeline.ports['responder']}/campaigns"
+
+    async def status_with(authorization: str | None) -> tuple[int, str]:
+        headers = {"Authorization": authorization} if authorization is not None else {}
+        async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as answer:
+            return answer.status, answer.headers.get("WWW-Authenticate", "")
+
+    assert await status_with(f"Bearer {operator}") == (200, "")
+    assert (await status_with(f"Bearer {auditor}"))[0] == 403
+    assert (await status_with("Bearer cvl_unknown"))[0] == 401
+    assert await status_with(None) == (401, 'Bearer realm="civicline campaigns"')
+    assert await status_with(f"Bearer {OPERATOR_TOKEN}") == (200, "")  # the configured one
+
+    # What an operator with an issued token does is recorded under the token's name.
+    async with aiohttp.ClientSession() as session:
+        spec = {
+            "name": "token check",
+            "phone_number_id": DEFAULT_PHONE_NUMBER_ID,
+            "template": TEMPLATE,
+            "audience": {"list": True},
+        }
+        headers = {"Authorization": f"Bearer {operator}"}
+        async with session.post(url, json=spec, headers=headers) as answer:
+            assert answer.status == 201, await answer.text()
+            created = await answer.json()
+    connection = await asyncpg.connect(pipeline.environment.database_url)
+    try:
+        by = await connection.fetchval(
+            "SELECT created_by FROM campaigns WHERE id = $1", uuid.UUID(created["id"])
+        )
+    finally:
+        await connection.close()
+    assert by == "operator:flood-desk"
+
+    token_cli(pipeline, "revoke", "flood-desk")
+    assert (await status_with(f"Bearer {operator}"))[0] == 401

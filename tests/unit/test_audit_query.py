@@ -9,6 +9,7 @@ import pytest
 
 from civicline.audit import query
 from civicline.audit.query import BadRequest, EventFilter
+from civicline.common.api_tokens import bearer_token, token_hash
 
 
 def pseudonymise(citizen: str) -> bytes:
@@ -119,9 +120,9 @@ def test_erasure_bodies(body: bytes) -> None:
 
 
 def test_bearer_tokens() -> None:
-    assert query.bearer_token("Bearer abc") == "abc"
-    assert query.bearer_token("bearer  abc ") == "abc"
-    assert query.bearer_token("Basic abc") is None
-    assert query.bearer_token("Bearer ") is None
-    assert query.bearer_token(None) is None
-    assert len(query.token_hash("abc")) == 32
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer  abc ") == "abc"
+    assert bearer_token("Basic abc") is None
+    assert bearer_token("Bearer ") is None
+    assert bearer_token(None) is None
+    assert len(token_hash("abc")) == 32

@@ -41,7 +41,7 @@ from civicline.audit.auditor import verify_database
 from civicline.audit.checkpoint import Signer, open_checkpoint
 from civicline.audit.core import AuditRecord
 from civicline.audit.privacy import PrivacyKeys
-from civicline.audit.query import token_hash
+from civicline.common.api_tokens import token_hash
 from civicline.common.migrate import migrate
 
 ADMIN_URL = os.environ.get(

@@ -8,7 +8,6 @@ bus instead would let an answer go out whose access record is still in flight)."
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from civicline.audit.auditor import (
 )
 from civicline.audit.canonical import entry_leaf_hash
 from civicline.audit.core import TreeHead
-from civicline.audit.query import AUDITOR, OPERATOR, BadRequest
+from civicline.audit.query import BadRequest
 from civicline.audit.views import DataKeys, access_record, conversation, event_document
+from civicline.common.api_tokens import AUDITOR, OPERATOR, Caller, bearer_token, find_caller
 
 log = structlog.get_logger(__name__)
 
@@ -58,13 +58,6 @@ ROLES_FOR: dict[str, tuple[str, ...]] = {
     "conversations": (AUDITOR,),
     "erasures": (OPERATOR,),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    token_id: uuid.UUID
-    name: str
-    role: str
 
 
 @dataclass(slots=True)
@@ -127,15 +120,6 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
     return response
 
 
-async def _caller(pool: asyncpg.Pool, token: str) -> Caller | None:
-    row = await pool.fetchrow(
-        """SELECT token_id, name, role FROM audit_api_token
-           WHERE token_hash = $1 AND revoked_at IS NULL""",
-        query.token_hash(token),
-    )
-    return None if row is None else Caller(row["token_id"], row["name"], row["role"])
-
-
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authentication, roles, and errors as JSON, for every /v1 route."""
@@ -147,12 +131,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     api = request.app[API]
     if api.pool is None or api.writer is None:
         return _error(503, "the audit service is not connected to its database yet")
-    bearer = query.bearer_token(request.headers.get("Authorization"))
+    bearer = bearer_token(request.headers.get("Authorization"))
     challenge = {"WWW-Authenticate": 'Bearer realm="civicline-audit"'}
     if bearer is None:
         return _error(401, "send a token: Authorization: Bearer <token>", **challenge)
     try:
-        caller = await _caller(api.pool, bearer)
+        caller = await find_caller(api.pool, bearer)
         if caller is None:
             return _error(401, "this token is not valid (unknown or revoked)", **challenge)
         request[CALLER] = caller

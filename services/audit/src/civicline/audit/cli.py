@@ -37,6 +37,7 @@ from civicline.audit.checkpointer import publish_tree_head
 from civicline.audit.core import TreeHead
 from civicline.audit.merkle import ProofError
 from civicline.common.amqp import Broker, Publisher
+from civicline.common.api_tokens import AUDITOR, token_hash
 from civicline.common.settings import Settings, SettingsError
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -218,7 +219,7 @@ async def _token(args: argparse.Namespace) -> int:
                     uuid.uuid4(),
                     args.name,
                     args.role,
-                    query.token_hash(token),
+                    token_hash(token),
                 )
             except asyncpg.UniqueViolationError:
                 raise UsageError(f"a token named {args.name!r} exists already") from None
@@ -333,7 +334,7 @@ def parser() -> argparse.ArgumentParser:
     )
     command.add_argument("action", choices=("create", "list", "revoke"))
     command.add_argument("--name", help="who holds it (create, revoke)")
-    command.add_argument("--role", choices=query.ROLES, default=query.AUDITOR)
+    command.add_argument("--role", choices=query.ROLES, default=AUDITOR)
 
     command = commands.add_parser(
         "erase", parents=[database], help="destroy a citizen's data keys (their words)"

@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 from civicline.audit import merkle
+from civicline.common.api_tokens import AUDITOR, OPERATOR
 
-AUDITOR, OPERATOR = "auditor", "operator"
 ROLES = (AUDITOR, OPERATOR)
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 MAX_TEXT = 512
@@ -381,20 +381,6 @@ def parse_erasure(body: bytes) -> str:
     if not isinstance(citizen, str) or not citizen.strip() or len(citizen) > MAX_TEXT:
         raise BadRequest("citizen must be a phone number or a user id")
     return citizen
-
-
-def token_hash(token: str) -> bytes:
-    """Tokens are 256 random bits, so one SHA-256 is enough: nothing to brute-force."""
-    return hashlib.sha256(token.encode()).digest()
-
-
-def bearer_token(header: str | None) -> str | None:
-    if header is None:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
 
 
 def range_proof(

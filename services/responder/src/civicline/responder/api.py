@@ -1,8 +1,9 @@
 """The operator API for broadcast campaigns, served by the responder (README, "Broadcasts").
 
-Every route needs `Authorization: Bearer <token>` with one of CAMPAIGN_OPERATOR_TOKENS,
-compared in constant time. (The audit service keeps its own token table with roles; the
-operator role should move there once both exist on one branch.)
+Every route needs `Authorization: Bearer <token>`: a token of the operator role from the
+API token table (`civicline-audit token create --role operator`, hashed, revocable, the same
+tokens as the audit API's), or one of CAMPAIGN_OPERATOR_TOKENS, compared in constant time
+(for a first token before any is issued, and for `make run`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from civicline.common.amqp import PublishFailed
+from civicline.common.api_tokens import OPERATOR, bearer_token, find_caller
 from civicline.common.runtime import RUNTIME
 from civicline.common.topics import Topics
 from civicline.responder import campaign_store as store
@@ -43,14 +45,15 @@ def _problem(status: int, detail: str) -> web.Response:
 
 
 def operator_of(tokens: Sequence[str], authorization: str | None) -> str | None:
-    """Who the bearer token names (a short fingerprint, for the audit log), or None.
+    """Who the bearer token names if it is one of the configured `tokens` (a short
+    fingerprint, for the audit log), or None.
 
     Every configured token is compared, in constant time, so the answer's timing says nothing
     about which token came close."""
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(authorization)
+    if token is None:
         return None
-    offered = token.strip().encode("utf-8")
+    offered = token.encode("utf-8")
     matched = None
     for candidate in tokens:
         if hmac.compare_digest(offered, candidate.encode("utf-8")):
@@ -58,6 +61,12 @@ def operator_of(tokens: Sequence[str], authorization: str | None) -> str | None:
     if matched is None:
         return None
     return "operator:" + hashlib.sha256(matched.encode("utf-8")).hexdigest()[:12]
+
+
+def _unauthorized(detail: str) -> web.Response:
+    response = _problem(401, detail)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="civicline campaigns"'
+    return response
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -68,20 +77,24 @@ def add_campaign_routes(app: web.Application, tokens: Sequence[str], topics: Top
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/campaigns"):
             return await handler(request)
-        if not tokens:
-            return _problem(503, "no CAMPAIGN_OPERATOR_TOKENS configured: the API is off")
-        operator = operator_of(tokens, request.headers.get("Authorization"))
-        if operator is None:
-            return web.Response(
-                status=401,
-                body=orjson.dumps({"error": "a valid operator bearer token is required"}),
-                content_type="application/json",
-                headers={"WWW-Authenticate": 'Bearer realm="civicline campaigns"'},
-            )
-        request["operator"] = operator
+        authorization = request.headers.get("Authorization")
+        token = bearer_token(authorization)
+        if token is None:
+            return _unauthorized("send an operator token: Authorization: Bearer <token>")
+        operator = operator_of(tokens, authorization)
         runtime = request.app.get(RUNTIME)
         if runtime is None:
             return _problem(503, "not connected to Postgres and RabbitMQ yet")
+        if operator is None:
+            caller = await find_caller(runtime.pool, token)
+            if caller is None:
+                return _unauthorized("this token is not valid (unknown or revoked)")
+            if caller.role != OPERATOR:
+                return _problem(
+                    403, f"campaigns need the operator role; this token is {caller.role}"
+                )
+            operator = f"operator:{caller.name}"
+        request["operator"] = operator
         try:
             return await handler(request)
         except PublishFailed as exc:
