@@ -136,7 +136,11 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes | None, s
     body = None
     if method == "post":
         json_values = st.recursive(
-            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            # orjson encodes 64-bit integers; a bigger one arrives as raw bytes below.
+            st.none()
+            | st.booleans()
+            | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+            | st.text(max_size=20),
             lambda inner: (
                 st.lists(inner, max_size=3)
                 | st.dictionaries(st.text(max_size=8), inner, max_size=3)
@@ -144,7 +148,13 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes | None, s
             max_leaves=6,
         )
         document = draw(st.one_of(json_values, st.fixed_dictionaries({"citizen": hostile_text})))
-        body = draw(st.one_of(st.just(orjson.dumps(document)), st.binary(max_size=50)))
+        body = draw(
+            st.one_of(
+                st.just(orjson.dumps(document)),
+                st.binary(max_size=50),
+                st.just(b'{"citizen": 123456789012345678901234567890}'),
+            )
+        )
     role = draw(st.sampled_from(["auditor", "operator"]))
     return path, method.upper(), params, body, role
 
