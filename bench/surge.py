@@ -567,9 +567,14 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             sampler.cancel()
             stop_profilers(profilers)
             seen, statuses, recorded = await audited(environment.database_url)
+            # What is missing is lost only if nothing is left to process; otherwise it may
+            # still be on its way, and the report says how much was still pending.
+            left_in_queues = sum((await queue_depths(environment.amqp_url)).values())
 
         steps = [
-            summarise(serial, window, state, seen, statuses, recorded, ceilings)
+            summarise(
+                serial, window, state, seen, statuses, recorded, ceilings, left_in_queues == 0
+            )
             | {
                 "unaudited_at_step_end": unaudited[serial],
                 "queue_depths": depths[serial],
@@ -634,7 +639,10 @@ def summarise(
     statuses: set[str],
     recorded: list[float],
     ceilings: dict[str, float],
+    drained: bool,
 ) -> dict[str, Any]:
+    """One step's row. With `drained` false (work was still queued when the drain window
+    closed), what had not arrived is counted as pending, not lost: it may yet."""
     rate, start, end = window
     seconds = end - start
     posts = [p for p in state.posts if p.step == serial]
@@ -653,9 +661,10 @@ def summarise(
     replies_in_window = sum(1 for at in state.reply_at.values() if start <= at < end)
     routed_in_window = sum(1 for at in seen.values() if start <= at < end)
     audit_rows_in_window = sum(1 for at in recorded if start <= at < end)
-    lost = sum(1 for p in accepted_messages if p.key not in seen) + sum(
+    missing = sum(1 for p in accepted_messages if p.key not in seen) + sum(
         1 for p in accepted if p.kind != "message" and p.key not in statuses
     )
+    lost, pending = (missing, 0) if drained else (0, missing)
     duplicates = sum(1 for p in messages if state.replies[p.key] > 1)
     unanswered = sum(1 for p in accepted_messages if p.key not in state.reply_at)
     webhooks_per_s = len(accepted) / seconds
@@ -667,6 +676,11 @@ def summarise(
         "webhooks_accepted_per_s": round(webhooks_per_s, 1),
         "rejected": len(posts) - len(accepted),
         "replies_per_s": round(replies_in_window / seconds, 1),
+        # Per 30 s of the step: a long step (the soak) shows whether the rate holds or decays.
+        "replies_per_s_by_30s": [
+            round(sum(1 for at in state.reply_at.values() if t <= at < t + 30) / 30, 1)
+            for t in range(int(start), int(end) - 29, 30)
+        ],
         "ingress_p50_ms": ms(percentile(latencies, 50)),
         "ingress_p99_ms": ms(percentile(latencies, 99)),
         "reply_p50_ms": ms(percentile(reply_latencies, 50)),
@@ -676,6 +690,7 @@ def summarise(
         "audit_lag_p99_ms": ms(percentile(audit_lags, 99)),
         "audit_rows_per_s": round(audit_rows_in_window / seconds, 1),
         "lost": lost,
+        "pending_after_drain": pending,
         "duplicates": duplicates,
         "unanswered": unanswered,
         "ingress_vs_publish_ceiling": round(webhooks_per_s / ceilings["publish_confirm"], 3),
@@ -692,6 +707,7 @@ def summarise(
         and row["reply_p99_ms"] is not None
         and row["reply_p99_ms"] < REPLY_P99_BOUND_MS
         and lost == 0
+        and pending == 0
         and duplicates == 0
         and unanswered == 0
         and row["rejected"] == 0
@@ -711,6 +727,7 @@ COLUMNS = (
     ("unaudited at end", "unaudited_at_step_end"),
     ("queued at end", "queued_at_end"),
     ("lost", "lost"),
+    ("pending after drain", "pending_after_drain"),
     ("dup", "duplicates"),
     ("ingress/publish ceil", "ingress_vs_publish_ceiling"),
     ("router/consume ceil", "router_vs_consume_ceiling"),
