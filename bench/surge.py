@@ -361,6 +361,35 @@ async def sample_memory(
         await asyncio.sleep(10)
 
 
+# How often the drill vacuums and analyzes its database when the server's autovacuum is off.
+MAINTENANCE_INTERVAL = 30.0
+
+
+async def autovacuum_is_on(database_url: str) -> bool:
+    connection = await asyncpg.connect(database_url)
+    try:
+        return bool(await connection.fetchval("SELECT current_setting('autovacuum') = 'on'"))
+    finally:
+        await connection.close()
+
+
+async def play_autovacuum(database_url: str, runs: list[float]) -> None:
+    """What autovacuum does on a production server, for one that has it off (a CI server
+    often does): without ANALYZE the planner keeps the plans it cached while the tables were
+    empty (sequential scans of tables that grow all through the drill), and without VACUUM
+    the rows updated on every send pile up dead versions. Either turns the drill into a
+    measure of a neglected database. Appends each run's seconds to `runs`."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL)
+            started = time.monotonic()
+            await connection.execute("VACUUM (ANALYZE, SKIP_LOCKED)")
+            runs.append(round(time.monotonic() - started, 2))
+    finally:
+        await connection.close()
+
+
 def memory_growth(
     samples: list[tuple[float, dict[str, float]]], services: list[str]
 ) -> dict[str, dict[str, float]]:
@@ -512,6 +541,15 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             services = list(pipeline.processes)
             samples: list[tuple[float, dict[str, float]]] = []
             sampler = asyncio.create_task(sample_memory(meter, services, samples))
+            maintenance_runs: list[float] = []
+            autovacuum = await autovacuum_is_on(environment.database_url)
+            maintainer = (
+                None
+                if autovacuum
+                else asyncio.create_task(
+                    play_autovacuum(environment.database_url, maintenance_runs)
+                )
+            )
             windows: list[tuple[float, float, float]] = []
             depths: list[dict[str, int]] = []
             cpu: list[dict[str, float]] = []
@@ -565,6 +603,8 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.wait(set(state.tasks))
             poller.cancel()
             sampler.cancel()
+            if maintainer is not None:
+                maintainer.cancel()
             stop_profilers(profilers)
             seen, statuses, recorded = await audited(environment.database_url)
             # What is missing is lost only if nothing is left to process; otherwise it may
@@ -594,6 +634,8 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
                 "step_seconds": args.step_seconds,
                 "status_webhooks": not args.no_statuses,
                 "responder_send_rate": SEND_RATE,
+                "server_autovacuum": autovacuum,
+                "vacuum_analyze_runs_s": maintenance_runs,
                 "bounds": {
                     "ingress_p99_ms": INGRESS_P99_BOUND_MS,
                     "reply_p99_ms": REPLY_P99_BOUND_MS,
@@ -764,6 +806,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"{machine['cores']} cores, Python {machine['python']}, RabbitMQ {machine['rabbitmq']},"
         f" {machine['postgres']}; RESPONDER_SEND_RATE={result['settings']['responder_send_rate']},"
         f" {result['settings']['step_seconds']:g} s per step.",
+        ""
+        if result["settings"]["server_autovacuum"]
+        else "The server's autovacuum is off: the drill ran VACUUM (ANALYZE) on its database every"
+        f" {MAINTENANCE_INTERVAL:g} s, as autovacuum would"
+        f" ({len(result['settings']['vacuum_analyze_runs_s'])} runs).",
         "",
         f"Ceilings: publish+confirm {ceilings['publish_confirm']:.0f} msgs/s,"
         f" consume+ack {ceilings['consume_ack']:.0f} msgs/s,"
