@@ -800,6 +800,10 @@ def per_step_table(steps: list[dict[str, Any]], key: str, title: str, number: st
     return lines
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def markdown(result: dict[str, Any]) -> str:
     machine, ceilings = result["machine"], result["ceilings"]
     lines = [
@@ -810,7 +814,7 @@ def markdown(result: dict[str, Any]) -> str:
         if result["settings"]["server_autovacuum"]
         else "The server's autovacuum is off: the drill ran VACUUM (ANALYZE) on its database every"
         f" {MAINTENANCE_INTERVAL:g} s, as autovacuum would"
-        f" ({len(result['settings']['vacuum_analyze_runs_s'])} runs).",
+        f" ({plural(len(result['settings']['vacuum_analyze_runs_s']), 'time')}).",
         "",
         f"Ceilings: publish+confirm {ceilings['publish_confirm']:.0f} msgs/s,"
         f" consume+ack {ceilings['consume_ack']:.0f} msgs/s,"
