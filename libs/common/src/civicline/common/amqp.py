@@ -95,8 +95,6 @@ DEFAULT_HEARTBEAT = 5
 # Seconds one connection attempt may take (TCP, TLS and the AMQP handshake) before it is
 # given up and tried again.
 CONNECT_TIMEOUT = 10
-# Seconds a stopping consumer waits for the broker to cancel it, and to close its channel.
-CONSUMER_STEP_TIMEOUT = 5
 
 
 def with_heartbeat(url: str) -> str:
@@ -163,7 +161,7 @@ class Broker:
         if self._connection is not None:
             # close() stops the reconnect task before it says goodbye to the broker, so even
             # when a black-holed broker never answers, nothing keeps retrying after this.
-            await shutdown_step("close the AMQP connection", self._connection.close(), timeout=5)
+            await shutdown_step("close the AMQP connection", self._connection.close())
 
 
 class Publisher:
@@ -422,9 +420,7 @@ class Consumer:
         self._stopping = True
         if self._queue is not None and self._tag is not None:
             await shutdown_step(
-                f"cancel the consumer of {self._spec.name}",
-                self._queue.cancel(self._tag),
-                timeout=CONSUMER_STEP_TIMEOUT,
+                f"cancel the consumer of {self._spec.name}", self._queue.cancel(self._tag)
             )
             self._tag = None
         try:
@@ -435,8 +431,4 @@ class Consumer:
                 task.cancel()
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         if self._channel is not None:
-            await shutdown_step(
-                f"close the channel of {self._spec.name}",
-                self._channel.close(),
-                timeout=CONSUMER_STEP_TIMEOUT,
-            )
+            await shutdown_step(f"close the channel of {self._spec.name}", self._channel.close())

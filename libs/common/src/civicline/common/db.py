@@ -41,10 +41,10 @@ async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> as
     return pool
 
 
-async def close_pool(pool: asyncpg.Pool, *, timeout: float = 5.0) -> None:
-    """Close `pool` gracefully if Postgres answers within `timeout`, else drop its
-    connections: an unreachable server must not hold a stopping process."""
-    if not await shutdown_step("close the Postgres pool", pool.close(), timeout=timeout):
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close `pool` gracefully if Postgres answers in time, else drop its connections: an
+    unreachable server must not hold a stopping process."""
+    if not await shutdown_step("close the Postgres pool", pool.close()):
         pool.terminate()
 
 

@@ -69,7 +69,14 @@ def cancelled_from_below() -> bool:
     return task is not None and task.cancelling() == 0
 
 
-async def shutdown_step(what: str, step: Awaitable[object], *, timeout: float) -> bool:
+# Seconds one step of a shutdown that talks to a dependency (cancel a consumer, close a
+# channel, the pool, the connection) may take before it is given up.
+SHUTDOWN_STEP_TIMEOUT = 5.0
+
+
+async def shutdown_step(
+    what: str, step: Awaitable[object], *, timeout: float = SHUTDOWN_STEP_TIMEOUT
+) -> bool:
     """Await one step of a shutdown for at most `timeout` seconds; True if it completed.
 
     A step that fails, hangs (a black-holed broker answers nothing) or is cancelled from below

@@ -18,15 +18,9 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from civicline.common.amqp import (
-    CONSUMER_STEP_TIMEOUT,
-    Broker,
-    Consumer,
-    MessageHandler,
-    Publisher,
-)
+from civicline.common.amqp import Broker, Consumer, MessageHandler, Publisher
 from civicline.common.db import close_pool, connect_pool, pool_is_ready
-from civicline.common.failures import shutdown_step
+from civicline.common.failures import SHUTDOWN_STEP_TIMEOUT, shutdown_step
 from civicline.common.health import add_health_routes, register_readiness
 from civicline.common.settings import Settings
 from civicline.common.topology import QueueSpec
@@ -133,7 +127,7 @@ def create_consumer_app(
                     "stop a consumer",
                     consumer.stop(settings.shutdown_timeout),
                     # Cancelling the consumer, the drain, closing the channel.
-                    timeout=settings.shutdown_timeout + 2 * CONSUMER_STEP_TIMEOUT,
+                    timeout=settings.shutdown_timeout + 2 * SHUTDOWN_STEP_TIMEOUT,
                 )
                 for consumer in consumers
                 if isinstance(consumer, Consumer)

@@ -44,15 +44,12 @@ def _problem(status: int, detail: str) -> web.Response:
     return _json({"error": detail}, status)
 
 
-def operator_of(tokens: Sequence[str], authorization: str | None) -> str | None:
-    """Who the bearer token names if it is one of the configured `tokens` (a short
-    fingerprint, for the audit log), or None.
+def operator_of(tokens: Sequence[str], token: str) -> str | None:
+    """Who `token` names if it is one of the configured `tokens` (a short fingerprint, for
+    the audit log), or None.
 
     Every configured token is compared, in constant time, so the answer's timing says nothing
     about which token came close."""
-    token = bearer_token(authorization)
-    if token is None:
-        return None
     offered = token.encode("utf-8")
     matched = None
     for candidate in tokens:
@@ -77,11 +74,10 @@ def add_campaign_routes(app: web.Application, tokens: Sequence[str], topics: Top
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/campaigns"):
             return await handler(request)
-        authorization = request.headers.get("Authorization")
-        token = bearer_token(authorization)
+        token = bearer_token(request.headers.get("Authorization"))
         if token is None:
             return _unauthorized("send an operator token: Authorization: Bearer <token>")
-        operator = operator_of(tokens, authorization)
+        operator = operator_of(tokens, token)
         runtime = request.app.get(RUNTIME)
         if runtime is None:
             return _problem(503, "not connected to Postgres and RabbitMQ yet")

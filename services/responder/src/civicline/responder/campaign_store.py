@@ -684,15 +684,18 @@ async def apply_statuses(
             [v[2] for v in values],
             [v[3] for v in values],
         )
-    unmatched = {u.recipient for u, j in zip(updates, joins, strict=True) if j.match is None}
-    unmatched.discard(None)
+    unmatched = {
+        u.recipient
+        for u, j in zip(updates, joins, strict=True)
+        if j.match is None and u.recipient is not None
+    }
     if unmatched:
         sending = {
             row["wa_id"]
             for row in await connection.fetch(
                 """SELECT DISTINCT wa_id FROM campaign_recipients
                    WHERE wa_id = ANY($1::text[]) AND state = 'sending'""",
-                sorted(w for w in unmatched if w is not None),
+                sorted(unmatched),
             )
         }
         joins = [
