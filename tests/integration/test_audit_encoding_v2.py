@@ -5,39 +5,23 @@ included, so an auditor in psql finds no row edited in place."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from civicline.audit.adapters import append_records, sign_tree_head
 from civicline.audit.auditor import verify_database
-from civicline.audit.canonical import LogEntry, entry_leaf_hash
 from civicline.audit.checkpoint import Signer
 from civicline.audit.core import AuditRecord
 from civicline.common import migrate as migrations
 from support.audit_api import KEYS
-from support.audit_logs import fresh_database, migrate_below
+from support.audit_logs import fresh_database, migrate_below, write_v1_rows
 
 pytestmark = pytest.mark.integration
 
 SIGNER = Signer.generate("v2.civicline.example/audit")
 AT = datetime(2026, 7, 18, 9, 0, tzinfo=UTC)
-
-
-def v1_entry(seq: int) -> LogEntry:
-    return LogEntry.with_raw_body(
-        seq=seq,
-        event_id=uuid.uuid4(),
-        kind="message.voting",
-        occurred_at=AT + timedelta(seconds=seq),
-        recorded_at=AT + timedelta(seconds=seq),
-        correlation_id=f"wamid.v1.{seq}",
-        schema_version=1,
-        payload_json=f'{{"from":"8210{seq:08d}","text":"투표"}}',
-        raw_body=b"raw\x00" if seq % 2 else None,
-        signature="sha256=00" if seq % 2 else None,
-    )
 
 
 def citizen_events(count: int) -> list[AuditRecord]:
@@ -63,27 +47,7 @@ async def test_v1_rows_then_sealed_v2_rows_verify_and_match_the_sql_leaf() -> No
         connection = await asyncpg.connect(url)
         try:
             await migrate_below(connection, 30)
-            # Rows exactly as the v1 writer stored them, with the leaf it computed.
-            for seq in range(5):
-                entry = v1_entry(seq)
-                raw = b"raw\x00" if seq % 2 else None
-                await connection.execute(
-                    """INSERT INTO audit_log (seq, event_id, kind, occurred_at, recorded_at,
-                           correlation_id, schema_version, payload, raw_body, signature, leaf_hash)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8::json, $9, $10, $11)""",
-                    entry.seq,
-                    entry.event_id,
-                    entry.kind,
-                    entry.occurred_at,
-                    entry.recorded_at,
-                    entry.correlation_id,
-                    entry.schema_version,
-                    entry.payload_json,
-                    raw,
-                    entry.signature,
-                    entry_leaf_hash(entry),
-                )
-            await connection.execute("UPDATE audit_log_state SET next_seq = 5")
+            await write_v1_rows(connection, 5, AT)
             await migrations.migrate(connection)
         finally:
             await connection.close()

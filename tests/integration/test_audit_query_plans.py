@@ -1,5 +1,6 @@
 """The query API's filters are served by indexes, not by reading the log: the plans Postgres
-chooses for the exact queries the API sends (query.page_sql), on a log of 20,000 events."""
+chooses for the exact queries the API sends (query.page_sql), on a log of 20,000 events
+recorded this month and copies of them in three earlier months' partitions."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import orjson
 import pytest
 
 from civicline.audit.adapters import append_batch
+from civicline.audit.api import FIRST_RECORDED_FROM
 from civicline.audit.auditor import COLUMNS
 from civicline.audit.core import AuditRecord
 from civicline.audit.query import EventFilter, page_sql
@@ -55,17 +57,73 @@ async def connection() -> AsyncIterator[asyncpg.Connection]:
             await pool.close()
         connection = await asyncpg.connect(url)
         try:
+            await fill_earlier_months(connection)
             await connection.execute("ANALYZE audit_log")
             yield connection
         finally:
             await connection.close()
 
 
+async def fill_earlier_months(connection: asyncpg.Connection) -> None:
+    """The writer records every event now, so earlier months are filled here, as the owner:
+    the same rows again at later seqs, recorded in each month (their leaves do not verify,
+    which no plan looks at)."""
+    for copy, month in enumerate(EARLIER_MONTHS, start=1):
+        await connection.execute("SELECT audit_log_ensure_months($1)", month)
+        await connection.execute(
+            """INSERT INTO audit_log
+               SELECT seq + $1, gen_random_uuid(), kind, occurred_at,
+                      $2::timestamptz + seq * interval '1 second', correlation_id,
+                      schema_version, payload, raw_body, signature, leaf_hash, leaf_version,
+                      intent, subjects, key_ids, sealed_payload
+               FROM audit_log WHERE seq < $3""",
+            copy * EVENTS,
+            month,
+            EVENTS,
+        )
+
+
+EARLIER_MONTHS = [datetime(2026, month, 1, tzinfo=UTC) for month in (8, 9, 10)]
+
+
 def scans(plan: dict[str, Any]) -> list[tuple[str, str | None]]:
-    found = [(plan["Node Type"], plan.get("Index Name"))]
+    """(node type, index or table) of every node of a plan."""
+    found = [(plan["Node Type"], plan.get("Index Name") or plan.get("Relation Name"))]
     for child in plan.get("Plans", []):
         found += scans(child)
     return found
+
+
+async def populated(connection: asyncpg.Connection) -> set[str]:
+    """The partitions of audit_log that hold rows (an empty one may be read whole: it is
+    nothing)."""
+    names = await connection.fetch(
+        "SELECT inhrelid::regclass::text AS name FROM pg_inherits "
+        "WHERE inhparent = 'audit_log'::regclass"
+    )
+    return {
+        row["name"]
+        for row in names
+        if await connection.fetchval(f"SELECT EXISTS (SELECT FROM {row['name']})")  # noqa: S608
+    }
+
+
+async def partitioned_index_of(connection: asyncpg.Connection) -> dict[str, str]:
+    """Each partition's index: the audit_log index it is part of."""
+    rows = await connection.fetch(
+        """SELECT i.inhrelid::regclass::text AS part, i.inhparent::regclass::text AS whole
+           FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhparent
+           WHERE x.indrelid = 'audit_log'::regclass"""
+    )
+    return {row["part"]: row["whole"] for row in rows}
+
+
+async def assert_no_scan_of_a_whole_month(
+    connection: asyncpg.Connection, used: list[tuple[str, str | None]]
+) -> None:
+    months = await populated(connection)
+    assert len(months) == 1 + len(EARLIER_MONTHS)
+    assert not [name for node, name in used if node == "Seq Scan" and name in months], used
 
 
 @pytest.mark.parametrize(
@@ -95,12 +153,29 @@ async def test_each_filter_uses_its_index(
     [plan] = orjson.loads(await connection.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args))
     used = scans(plan["Plan"])
     print(sql, used)
-    assert ("Seq Scan", None) not in used, used
-    assert any(name and name.startswith(index) for _, name in used), used
+    await assert_no_scan_of_a_whole_month(connection, used)
+    # each month's partition has its own copy of the index, named after its columns
+    of_log = await partitioned_index_of(connection)
+    assert any(name and of_log.get(name, "").startswith(index) for _, name in used), used
 
 
 async def test_a_later_page_starts_at_its_cursor(connection: asyncpg.Connection) -> None:
     sql, args = page_sql(COLUMNS, EventFilter(kind="status.read"), EVENTS // 2, 100)
     [plan] = orjson.loads(await connection.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args))
-    used = scans(plan["Plan"])
-    assert ("Seq Scan", None) not in used, used
+    await assert_no_scan_of_a_whole_month(connection, scans(plan["Plan"]))
+
+
+async def test_an_export_of_a_day_reads_only_the_months_from_that_day_on(
+    connection: asyncpg.Connection,
+) -> None:
+    two_in_the_morning = datetime(2026, 9, 1, 2, tzinfo=UTC)
+    [plan] = orjson.loads(
+        await connection.fetchval(
+            f"EXPLAIN (FORMAT JSON) {FIRST_RECORDED_FROM}", two_in_the_morning
+        )
+    )
+    read = {name for _, name in scans(plan["Plan"]) if name}
+    assert not [name for name in read if name.startswith("audit_log_2026_08")], read
+    assert [name for name in read if name.startswith("audit_log_2026_09")], read
+    # September's copy was recorded one event a second from midnight: 7,200 events before 2:00
+    assert await connection.fetchval(FIRST_RECORDED_FROM, two_in_the_morning) == (2 * EVENTS + 7200)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from civicline.audit.canonical import LogEntry, entry_leaf_hash
 from civicline.audit.core import AuditRecord
 from civicline.common import migrate as migrations
 from civicline.common.envelope import SCHEMA_VERSION, event_id
@@ -77,6 +78,41 @@ async def migrate_below(connection: asyncpg.Connection, version: int) -> None:
             migrations, "available_migrations", lambda: [m for m in every if m.version < version]
         )
         await migrations.migrate(connection)
+
+
+async def write_v1_rows(connection: asyncpg.Connection, count: int, at: datetime) -> None:
+    """`count` rows exactly as the writer before migration 0030 stored them (encoding v1, with
+    the leaf it computed), recorded a second apart from `at`, into a log migrated below 0030."""
+    for seq in range(count):
+        entry = LogEntry.with_raw_body(
+            seq=seq,
+            event_id=uuid.uuid4(),
+            kind="message.voting",
+            occurred_at=at + timedelta(seconds=seq),
+            recorded_at=at + timedelta(seconds=seq),
+            correlation_id=f"wamid.v1.{seq}",
+            schema_version=1,
+            payload_json=f'{{"from":"8210{seq:08d}","text":"투표"}}',
+            raw_body=b"raw\x00" if seq % 2 else None,
+            signature="sha256=00" if seq % 2 else None,
+        )
+        await connection.execute(
+            """INSERT INTO audit_log (seq, event_id, kind, occurred_at, recorded_at,
+                   correlation_id, schema_version, payload, raw_body, signature, leaf_hash)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8::json, $9, $10, $11)""",
+            entry.seq,
+            entry.event_id,
+            entry.kind,
+            entry.occurred_at,
+            entry.recorded_at,
+            entry.correlation_id,
+            entry.schema_version,
+            entry.payload_json,
+            b"raw\x00" if seq % 2 else None,
+            entry.signature,
+            entry_leaf_hash(entry),
+        )
+    await connection.execute("UPDATE audit_log_state SET next_seq = $1", count)
 
 
 @asynccontextmanager

@@ -67,8 +67,11 @@ async def _lock_log(connection: asyncpg.Connection) -> _LockedLog:
     row = await connection.fetchrow(
         "SELECT next_seq, tree_size, frontier FROM audit_log_state WHERE singleton FOR UPDATE"
     )
-    # Read the clock only once the lock is held, so recorded_at follows the seq order.
-    now = await connection.fetchval("SELECT clock_timestamp()")
+    # Read the clock only once the lock is held, so recorded_at follows the seq order; the
+    # log's partition for that month (and the next) exists before anything is inserted.
+    now = await connection.fetchval(
+        "SELECT now FROM clock_timestamp() AS now, audit_log_ensure_months(now) AS ensured"
+    )
     locked = _LockedLog(
         row["next_seq"], CompactRange.decode(row["tree_size"], row["frontier"]), now
     )
@@ -168,7 +171,7 @@ async def _append_locked(
 ) -> int:
     """Insert the records not yet logged under the held log lock; returns how many."""
     existing = await connection.fetch(
-        "SELECT event_id FROM audit_log WHERE event_id = ANY($1::uuid[])",
+        "SELECT event_id FROM audit_event_id WHERE event_id = ANY($1::uuid[])",
         [r.event_id for r in records],
     )
     numbered = number_batch(records, {row["event_id"] for row in existing}, locked.next_seq)
@@ -176,7 +179,11 @@ async def _append_locked(
     if not rows:
         return 0
     await connection.execute(
-        """INSERT INTO audit_log (seq, event_id, kind, occurred_at, recorded_at,
+        # audit_event_id keeps seq and event_id unique across the log's monthly partitions.
+        """WITH registered AS (
+               INSERT INTO audit_event_id (event_id, seq)
+               SELECT * FROM unnest($3::uuid[], $2::bigint[]))
+           INSERT INTO audit_log (seq, event_id, kind, occurred_at, recorded_at,
                                   correlation_id, schema_version, payload, raw_body,
                                   signature, leaf_hash, leaf_version, intent, subjects,
                                   key_ids, sealed_payload)

@@ -39,6 +39,10 @@ log = structlog.get_logger(__name__)
 
 OPENAPI = resources.files("civicline.audit").joinpath("openapi.json").read_bytes()
 EXPORT_CHUNK = 1000
+# The first event recorded at or after an instant: only the partitions from that month on
+# are read (tests/integration/test_audit_query_plans.py).
+FIRST_RECORDED_FROM = """SELECT seq FROM audit_log WHERE recorded_at >= $1
+                         ORDER BY recorded_at, seq LIMIT 1"""
 _SELECT = f"SELECT {COLUMNS} FROM audit_log"  # noqa: S608 (constants only)
 # Events about a list of message ids: one index probe per id, whatever the statistics say.
 BY_CORRELATION = (
@@ -300,11 +304,7 @@ async def _export_bounds(
     async def first_recorded_from(instant: datetime | None, default: int) -> int:
         if instant is None:
             return default
-        seq = await connection.fetchval(
-            """SELECT seq FROM audit_log WHERE recorded_at >= $1
-               ORDER BY recorded_at, seq LIMIT 1""",
-            instant,
-        )
+        seq = await connection.fetchval(FIRST_RECORDED_FROM, instant)
         return next_seq if seq is None else int(seq)
 
     if wanted.from_seq is not None or wanted.to_seq is not None:

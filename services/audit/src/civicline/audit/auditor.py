@@ -314,13 +314,16 @@ async def check_inclusion(
     async with _snapshot(database_url) as connection:
         if seq is None:
             seq = await connection.fetchval(
-                "SELECT seq FROM audit_log WHERE event_id = $1", event_id
+                "SELECT seq FROM audit_event_id WHERE event_id = $1", event_id
             )
             if seq is None:
                 raise merkle.ProofError(f"no event {event_id} in the log")
         row = await connection.fetchrow(f"{_ROWS} WHERE seq = $1", seq)
         if row is None:
             raise merkle.ProofError(f"no event at seq {seq} in the log")
+        if event_id is not None and row["event_id"] != event_id:
+            # audit_event_id only finds the row; the row itself must say it is that event.
+            raise merkle.ProofError(f"the row at seq {seq} is not event {event_id}")
         proof = await adapters.inclusion_proof(connection, seq, checkpoint.tree_size)
     leaf = entry_leaf_hash(row_entry(row))
     merkle.verify_inclusion(seq, checkpoint.tree_size, leaf, proof, checkpoint.root_hash)
