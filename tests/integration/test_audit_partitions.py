@@ -133,7 +133,8 @@ async def test_seq_and_event_id_stay_unique_across_months() -> None:
                 with pytest.raises(asyncpg.UniqueViolationError):
                     await pool.execute(
                         """WITH registered AS (
-                               INSERT INTO audit_event_id (event_id, seq) VALUES ($2, $1))
+                               INSERT INTO audit_event_id (event_id, seq, leaf_hash)
+                               VALUES ($2, $1, sha256('x')))
                            INSERT INTO audit_log (seq, event_id, kind, occurred_at,
                                recorded_at, correlation_id, schema_version, payload,
                                leaf_hash)

@@ -126,3 +126,27 @@ def test_bearer_tokens() -> None:
     assert bearer_token("Bearer ") is None
     assert bearer_token(None) is None
     assert len(token_hash("abc")) == 32
+
+
+RETIRED = [(20, 40), (0, 20)]  # two months retired, listed in any order
+
+
+@pytest.mark.parametrize(
+    ("first", "end", "expected"),
+    [
+        (0, 100, (40, 100)),  # an export from the start begins after the retired months
+        (25, 100, (40, 100)),
+        (10, 15, (40, 40)),  # wholly inside them: nothing left to export
+        (40, 100, (40, 100)),
+        (60, 100, (60, 100)),
+    ],
+)
+def test_an_export_starts_past_the_retired_months(
+    first: int, end: int, expected: tuple[int, int]
+) -> None:
+    assert query.past_retired(first, end, RETIRED) == expected
+
+
+def test_an_export_across_a_retired_month_is_refused() -> None:
+    with pytest.raises(query.BadRequest, match="events 50 to 59 were retired"):
+        query.past_retired(40, 100, [(50, 60)])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -13,10 +14,12 @@ from civicline.audit import merkle
 from civicline.audit.canonical import LogEntry, entry_leaf_hash
 from civicline.audit.checkpoint import Checkpoint, Signer, sign_checkpoint
 from civicline.audit.verify import (
+    LogVerifier,
     Problem,
     RangeProof,
     RangeVerifier,
     Report,
+    RetiredLeaf,
     StoredEntry,
     StoredHead,
     verify_entries,
@@ -239,3 +242,68 @@ def test_a_range_whose_leaves_and_hashes_were_rewritten_fails_at_the_root() -> N
     report = verify_range(rewritten, 13, 29)
     assert [f.problem for f in report.findings] == [Problem.ROOT_MISMATCH]
     assert not verify_range(GENUINE[13:29], 13, 29, right=[b"\x00" * 32] * 2).ok
+
+
+# --- retired months -------------------------------------------------------------------------
+
+
+def retention_at(seq: int, first: int, end: int) -> StoredEntry:
+    """The audit.retention event that retires [first, end), logged at `seq`."""
+    e = dataclasses.replace(
+        entry(seq),
+        kind="audit.retention",
+        payload_json=f'{{"partition":"audit_log_2026_05","first_seq":{first},"end_seq":{end}}}',
+    )
+    return StoredEntry(e, entry_leaf_hash(e))
+
+
+def retired_log(first: int, end: int, *, named: bool = True) -> tuple[list[Any], list[StoredHead]]:
+    """A log of 40 whose rows [first, end) are retired (leaves only) and whose last event,
+    seq 39, names that range (or another one, if not `named`)."""
+    full = [*GENUINE[:39], retention_at(39, first, end) if named else retention_at(39, 0, 1)]
+    heads = [head(full, size) for size in HEAD_SIZES]
+    items: list[Any] = [
+        RetiredLeaf(s.entry.seq, s.leaf_hash or b"") if first <= s.entry.seq < end else s
+        for s in full
+    ]
+    return items, heads
+
+
+def verify_retired(
+    items: list[Any], heads: list[StoredHead], retired: list[tuple[int, int]]
+) -> Report:
+    checker = LogVerifier(SIGNER.verifier, heads, (), SIZE, retired)
+    for item in items:
+        if isinstance(item, RetiredLeaf):
+            checker.add_retired(item)
+        else:
+            checker.add(item)
+    return checker.finish()
+
+
+def test_a_retired_month_named_by_its_retention_event_verifies_by_its_leaves() -> None:
+    items, heads = retired_log(0, 20)
+    report = verify_retired(items, heads, [(0, 20)])
+    assert report.ok, report.lines()
+    assert (report.retired, report.verified_size) == (20, SIZE)
+    assert "20 of them are in retired months" in "\n".join(report.lines())
+
+
+def test_a_retired_range_no_retention_event_names_is_a_removal() -> None:
+    items, heads = retired_log(0, 20, named=False)
+    assert problems(verify_retired(items, heads, [(0, 20)])) == [(Problem.REMOVED, 0)]
+
+
+def test_a_leaf_without_its_row_outside_every_retired_range_is_a_removal() -> None:
+    items, heads = retired_log(0, 20)
+    items[25] = RetiredLeaf(25, GENUINE[25].leaf_hash or b"")
+    assert problems(verify_retired(items, heads, [(0, 20)])) == [(Problem.REMOVED, 25)]
+
+
+def test_a_retired_leaf_that_was_changed_breaks_the_heads() -> None:
+    items, heads = retired_log(0, 20)
+    items[7] = RetiredLeaf(7, bytes(32))
+    report = verify_retired(items, heads, [(0, 20)])
+    assert not report.ok
+    assert {f.problem for f in report.findings} == {Problem.ROOT_MISMATCH}
+    assert report.verified_size == 0

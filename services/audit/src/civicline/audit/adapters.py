@@ -61,7 +61,7 @@ class _LockedLog:
     changed: bool = False
 
 
-async def _lock_log(connection: asyncpg.Connection) -> _LockedLog:
+async def lock_log(connection: asyncpg.Connection) -> _LockedLog:
     """Take the log-state row FOR UPDATE and bring the tree up to next_seq (rows written
     before migration 0004 are folded in once, by whichever writer comes first)."""
     row = await connection.fetchrow(
@@ -181,8 +181,8 @@ async def _append_locked(
     await connection.execute(
         # audit_event_id keeps seq and event_id unique across the log's monthly partitions.
         """WITH registered AS (
-               INSERT INTO audit_event_id (event_id, seq)
-               SELECT * FROM unnest($3::uuid[], $2::bigint[]))
+               INSERT INTO audit_event_id (event_id, seq, leaf_hash)
+               SELECT * FROM unnest($3::uuid[], $2::bigint[], $11::bytea[]))
            INSERT INTO audit_log (seq, event_id, kind, occurred_at, recorded_at,
                                   correlation_id, schema_version, payload, raw_body,
                                   signature, leaf_hash, leaf_version, intent, subjects,
@@ -222,6 +222,20 @@ async def _append_locked(
     return len(rows)
 
 
+async def append_locked(
+    connection: asyncpg.Connection,
+    locked: _LockedLog,
+    records: Sequence[AuditRecord],
+    keys: privacy.PrivacyKeys | None = None,
+) -> int:
+    """Append records in a transaction that already holds the log lock (`lock_log`), with
+    whatever else it does; returns how many were new."""
+    new = await _append_locked(connection, locked, records, keys)
+    if locked.changed:
+        await _save_state(connection, locked)
+    return new
+
+
 async def append_records(
     pool: asyncpg.Pool,
     records: Sequence[AuditRecord],
@@ -230,7 +244,7 @@ async def append_records(
     """Append the records not yet logged, as leaves of the Merkle tree (sealed for the
     citizens they are about when `keys` are given)."""
     async with pool.acquire() as connection, connection.transaction():
-        locked = await _lock_log(connection)
+        locked = await lock_log(connection)
         new = await _append_locked(connection, locked, records, keys)
         if locked.changed:
             await _save_state(connection, locked)
@@ -257,7 +271,7 @@ async def erase_subject(
     for good; every leaf, proof and tree head still verifies (leaves hash the ciphertext)."""
     subject = keys.pseudonymise(citizen)
     async with pool.acquire() as connection, connection.transaction():
-        locked = await _lock_log(connection)
+        locked = await lock_log(connection)
         erased = await connection.fetch(
             """UPDATE audit_subject_key SET wrapped_key = NULL, erased_at = $2
                WHERE subject = $1 AND erased_at IS NULL RETURNING key_id""",
@@ -317,7 +331,7 @@ async def sign_tree_head(
     """Sign and store a tree head for the log as it is now, if one is due (`forced`: whenever
     the log grew since the last head). Returns the new head, or None."""
     async with pool.acquire() as connection, connection.transaction():
-        locked = await _lock_log(connection)
+        locked = await lock_log(connection)
         if locked.changed:
             await _save_state(connection, locked)
         last_signed = await connection.fetchval(
@@ -383,7 +397,9 @@ async def _perfect_hashes(
             subtree_keys.update((base, (first + i) << base) for i in range(count))
     stored: dict[tuple[int, int], bytes] = {}
     for row in await connection.fetch(
-        "SELECT seq, leaf_hash FROM audit_log WHERE seq = ANY($1::bigint[])", sorted(leaf_seqs)
+        # audit_event_id, not the log: it keeps the leaves of retired months too
+        "SELECT seq, leaf_hash FROM audit_event_id WHERE seq = ANY($1::bigint[])",
+        sorted(leaf_seqs),
     ):
         stored[0, row["seq"]] = row["leaf_hash"]
     if subtree_keys:

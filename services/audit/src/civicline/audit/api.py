@@ -23,9 +23,9 @@ from aiohttp import web
 from civicline.audit import adapters, merkle, privacy, query
 from civicline.audit.auditor import (
     COLUMNS,
-    EXPORT_FORMAT,
-    EXPORT_VERSION,
     export_line,
+    range_preamble,
+    retired_ranges,
     row_entry,
     tree_head_line,
 )
@@ -313,7 +313,7 @@ async def _export_bounds(
     else:
         first = await first_recorded_from(wanted.since, 0)
         end = await first_recorded_from(wanted.until, next_seq)
-    return first, max(first, end)
+    return query.past_retired(first, end, await retired_ranges(connection))
 
 
 async def export(request: web.Request) -> web.StreamResponse:
@@ -334,26 +334,7 @@ async def export(request: web.Request) -> web.StreamResponse:
             # Only what a signed head covers can be verified: the unsigned tail is left for
             # the next export (the header's end_seq says where this one stops).
             end = max(first, head.tree_size)
-        header = {
-            "format": EXPORT_FORMAT,
-            "version": EXPORT_VERSION,
-            "next_seq": next_seq,
-            "first_seq": first,
-            "end_seq": end,
-        }
-        lines: list[dict[str, Any]] = [header]
-        if head is not None and end <= head.tree_size:
-            perfect = await adapters.range_perfect_hashes(connection, first, end, head.tree_size)
-            left, right = query.range_proof(first, end, head.tree_size, perfect)
-            lines.append(tree_head_line(head))
-            lines.append(
-                {
-                    "type": "range_proof",
-                    "tree_size": head.tree_size,
-                    "left": [element.hex() for element in left],
-                    "right": [element.hex() for element in right],
-                }
-            )
+        lines = await range_preamble(connection, first, end, next_seq, head)
         described = {**wanted.described(), "first_seq": first, "end_seq": end}
         await api.record(request, "export", described, end - first)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import asyncpg
 import orjson
 
-from civicline.audit import adapters, merkle
+from civicline.audit import adapters, merkle, query
 from civicline.audit.canonical import LogEntry, entry_leaf_hash
 from civicline.audit.checkpoint import Verifier, open_checkpoint
 from civicline.audit.core import TreeHead
@@ -29,8 +29,10 @@ from civicline.audit.verify import (
     RangeProof,
     RangeVerifier,
     Report,
+    RetiredLeaf,
     StoredEntry,
     StoredHead,
+    retention_range,
 )
 
 EXPORT_FORMAT = "civicline-audit-export"
@@ -39,7 +41,7 @@ READABLE_EXPORT_VERSIONS = (1, 2)
 COLUMNS = """seq, event_id, kind, occurred_at, recorded_at, correlation_id, schema_version,
              payload::text AS payload, raw_body, signature, leaf_hash, leaf_version, intent,
              subjects, key_ids, sealed_payload"""
-_ROWS = f"SELECT {COLUMNS} FROM audit_log"  # noqa: S608 (constants only)
+ROWS = f"SELECT {COLUMNS} FROM audit_log"  # noqa: S608 (constants only)
 
 
 class ExportError(ValueError):
@@ -121,16 +123,94 @@ async def _stored_heads(connection: asyncpg.Connection) -> list[StoredHead]:
     ]
 
 
+async def range_preamble(
+    connection: asyncpg.Connection, first: int, end: int, next_seq: int, head: TreeHead | None
+) -> list[dict[str, Any]]:
+    """The lines a range export starts with: its header and, when `head` covers the range,
+    that head and the range proof against it."""
+    lines: list[dict[str, Any]] = [
+        {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "next_seq": next_seq,
+            "first_seq": first,
+            "end_seq": end,
+        }
+    ]
+    if head is not None and end <= head.tree_size:
+        perfect = await adapters.range_perfect_hashes(connection, first, end, head.tree_size)
+        left, right = query.range_proof(first, end, head.tree_size, perfect)
+        lines.append(tree_head_line(head))
+        lines.append(
+            {
+                "type": "range_proof",
+                "tree_size": head.tree_size,
+                "left": [element.hex() for element in left],
+                "right": [element.hex() for element in right],
+            }
+        )
+    return lines
+
+
+async def retired_ranges(connection: asyncpg.Connection) -> list[tuple[int, int]]:
+    """The [first, end) seq ranges retired with their months, as the log's own audit.retention
+    events name them, in order."""
+    rows = await connection.fetch(
+        "SELECT payload::text AS payload FROM audit_log WHERE kind = $1 ORDER BY seq",
+        query.RETENTION_KIND,
+    )
+    return sorted(named for row in rows if (named := retention_range(row["payload"])) is not None)
+
+
+async def log_items(
+    connection: asyncpg.Connection, retired: Sequence[tuple[int, int]]
+) -> AsyncIterator[asyncpg.Record | RetiredLeaf]:
+    """Every event by seq: a row of the log, or, inside a retired range, the leaf hash that
+    audit_event_id keeps of it."""
+    pending = sorted(retired)
+
+    async def leaves(first: int, end: int) -> AsyncIterator[RetiredLeaf]:
+        async for row in connection.cursor(
+            "SELECT seq, leaf_hash FROM audit_event_id WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+            first,
+            end,
+            prefetch=5000,
+        ):
+            yield RetiredLeaf(row["seq"], row["leaf_hash"])
+
+    async for row in connection.cursor(f"{ROWS} ORDER BY seq", prefetch=5000):
+        while pending and pending[0][0] <= row["seq"]:
+            async for leaf in leaves(*pending.pop(0)):
+                yield leaf
+        yield row
+    for first, end in pending:
+        async for leaf in leaves(first, end):
+            yield leaf
+
+
+def feed(checker: LogVerifier, item: StoredEntry | RetiredLeaf) -> None:
+    if isinstance(item, RetiredLeaf):
+        checker.add_retired(item)
+    else:
+        checker.add(item)
+
+
 async def verify_database(
     database_url: str, verifier: Verifier, saved_checkpoints: tuple[str, ...] = ()
 ) -> Report:
     async with _snapshot(database_url) as connection:
         next_seq = await connection.fetchval("SELECT next_seq FROM audit_log_state")
+        retired = await retired_ranges(connection)
         checker = LogVerifier(
-            verifier, await _stored_heads(connection), saved_checkpoints, next_seq
+            verifier, await _stored_heads(connection), saved_checkpoints, next_seq, retired
         )
-        async for row in connection.cursor(f"{_ROWS} ORDER BY seq", prefetch=5000):
-            checker.add(StoredEntry(row_entry(row), row["leaf_hash"]))
+        async for item in log_items(connection, retired):
+            feed(
+                checker,
+                item
+                if isinstance(item, RetiredLeaf)
+                else StoredEntry(row_entry(item), item["leaf_hash"]),
+            )
     return checker.finish()
 
 
@@ -144,12 +224,24 @@ async def export_database(database_url: str, out: TextIO) -> int:
     count = 0
     async with _snapshot(database_url) as connection:
         next_seq = await connection.fetchval("SELECT next_seq FROM audit_log_state")
-        header = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "next_seq": next_seq}
+        retired = await retired_ranges(connection)
+        header: dict[str, Any] = {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "next_seq": next_seq,
+        }
+        if retired:
+            header["retired"] = [list(r) for r in retired]
         out.write(orjson.dumps(header).decode() + "\n")
         for head in await adapters.tree_heads(connection):
             out.write(orjson.dumps(tree_head_line(head)).decode() + "\n")
-        async for row in connection.cursor(f"{_ROWS} ORDER BY seq", prefetch=5000):
-            out.write(orjson.dumps(export_line(row)).decode() + "\n")
+        async for item in log_items(connection, retired):
+            line = (
+                {"type": "retired", "seq": item.seq, "leaf_hash": item.leaf_hash.hex()}
+                if isinstance(item, RetiredLeaf)
+                else export_line(item)
+            )
+            out.write(orjson.dumps(line).decode() + "\n")
             count += 1
     return count
 
@@ -162,13 +254,21 @@ class Export:
     first_seq: int | None = None  # set for an export of a range (the query API's /v1/export)
     end_seq: int | None = None
     range_proof: RangeProof | None = None
+    retired: tuple[tuple[int, int], ...] = ()  # ranges whose events are leaves only
 
-    def entries(self) -> Iterator[StoredEntry]:
+    def entries(self) -> Iterator[StoredEntry | RetiredLeaf]:
         with self.path.open("rb") as lines:
             for number, line in enumerate(lines, 1):
                 document = _line(line, number)
                 if document.get("type") == "event":
                     yield _stored_entry(document, number)
+                elif document.get("type") == "retired":
+                    try:
+                        yield RetiredLeaf(
+                            int(document["seq"]), bytes.fromhex(document["leaf_hash"])
+                        )
+                    except (KeyError, TypeError, ValueError) as exc:
+                        raise ExportError(f"line {number}: not a retired leaf: {exc!r}") from None
 
 
 def _line(line: bytes, number: int) -> dict[str, Any]:
@@ -252,16 +352,19 @@ def read_export(path: Path) -> Export:
         v is not None and (not isinstance(v, int) or v < 0) for v in (first, end)
     ):
         raise ExportError("the header's first_seq and end_seq are not a range")
-    return Export(path, next_seq, heads, first, end, proof)
+    try:
+        retired = tuple((int(a), int(b)) for a, b in header.get("retired", ()))
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"the header's retired ranges are not ranges: {exc!r}") from None
+    return Export(path, next_seq, heads, first, end, proof, retired)
 
 
 def verify_export(
     path: Path, verifier: Verifier, saved_checkpoints: tuple[str, ...] = ()
 ) -> Report:
     export = read_export(path)
-    checker: LogVerifier | RangeVerifier
     if export.first_seq is not None and export.end_seq is not None:
-        checker = RangeVerifier(
+        ranged = RangeVerifier(
             verifier,
             export.heads,
             export.first_seq,
@@ -269,10 +372,15 @@ def verify_export(
             export.range_proof,
             saved_checkpoints,
         )
-    else:
-        checker = LogVerifier(verifier, export.heads, saved_checkpoints, export.next_seq)
-    for stored in export.entries():
-        checker.add(stored)
+        for item in export.entries():
+            if isinstance(item, StoredEntry):  # a range export holds no retired leaves
+                ranged.add(item)
+        return ranged.finish()
+    checker = LogVerifier(
+        verifier, export.heads, saved_checkpoints, export.next_seq, export.retired
+    )
+    for item in export.entries():
+        feed(checker, item)
     return checker.finish()
 
 
@@ -318,7 +426,7 @@ async def check_inclusion(
             )
             if seq is None:
                 raise merkle.ProofError(f"no event {event_id} in the log")
-        row = await connection.fetchrow(f"{_ROWS} WHERE seq = $1", seq)
+        row = await connection.fetchrow(f"{ROWS} WHERE seq = $1", seq)
         if row is None:
             raise merkle.ProofError(f"no event at seq {seq} in the log")
         if event_id is not None and row["event_id"] != event_id:

@@ -9,6 +9,8 @@
     civicline-audit consistency        prove the log only grew since a saved checkpoint
     civicline-audit token create|list|revoke   bearer tokens of the query API (/v1)
     civicline-audit erase              destroy a citizen's data keys (crypto-shredding)
+    civicline-audit months             the log's monthly partitions, their events and size
+    civicline-audit retire             export, prove and detach a past month (the owner's act)
 
 Exit status: 0 when the check holds, 1 when it does not, 2 for bad usage or configuration.
 """
@@ -29,7 +31,7 @@ import asyncpg
 import orjson
 import structlog
 
-from civicline.audit import auditor, query
+from civicline.audit import auditor, query, retention
 from civicline.audit.adapters import erase_subject, latest_tree_head, sign_tree_head
 from civicline.audit.app import load_privacy, load_signer
 from civicline.audit.checkpoint import CheckpointError, Signer, Verifier
@@ -276,6 +278,47 @@ async def _erase(args: argparse.Namespace) -> int:
     return OK
 
 
+async def _months(args: argparse.Namespace) -> int:
+    connection = await asyncpg.connect(_database_url(args), timeout=10)
+    try:
+        found = await retention.months(connection)
+    finally:
+        await connection.close()
+    print("partition\tfrom\tto\tevents\tseqs\tMiB")
+    for month in found:
+        seqs = "-" if month.first_seq is None else f"{month.first_seq}-{(month.end_seq or 0) - 1}"
+        low = "start" if month.low is None else month.low.isoformat()
+        print(
+            f"{month.partition}\t{low}\t{month.high.isoformat()}\t{month.events}\t{seqs}\t"
+            f"{month.size_bytes / 2**20:.1f}"
+        )
+    return OK
+
+
+async def _retire(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if await asyncio.to_thread(out.exists):
+        raise UsageError(f"{out} exists: an archive is never overwritten")
+    try:
+        done = await retention.retire_month(
+            _database_url(args),
+            args.partition,
+            out,
+            _verifier(args.public_key),
+            requested_by=args.requested_by,
+        )
+    except retention.RetentionError as exc:
+        print(f"not retired: {exc}", file=sys.stderr)
+        return FAILED
+    print(
+        f"retired {done.partition}: events {done.first_seq} to {done.end_seq - 1} are in "
+        f"{out} (sha256 {done.export_sha256}), which verifies; recorded at seq {done.seq}.\n"
+        f"The detached table {done.partition} is still in the database: archive it "
+        f"(pg_dump -t {done.partition}), then DROP TABLE {done.partition}."
+    )
+    return OK
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="civicline-audit", description="civicline's verifiable audit log."
@@ -340,6 +383,19 @@ def parser() -> argparse.ArgumentParser:
         "erase", parents=[database], help="destroy a citizen's data keys (their words)"
     )
     command.add_argument("--wa-id", required=True, help="the citizen's phone number or user id")
+
+    commands.add_parser("months", parents=[database], help="list the log's monthly partitions")
+
+    command = commands.add_parser(
+        "retire",
+        parents=[database, public_key],
+        help="export, prove and detach a past month (as the log's owner)",
+    )
+    command.add_argument("--partition", required=True, help="e.g. audit_log_2025_01")
+    command.add_argument("--out", required=True, help="the archive file to write (NDJSON)")
+    command.add_argument(
+        "--requested-by", required=True, help="who decided it, for the audit.retention event"
+    )
     return root
 
 
@@ -351,6 +407,8 @@ COMMANDS = {
     "consistency": _consistency,
     "token": _token,
     "erase": _erase,
+    "months": _months,
+    "retire": _retire,
 }
 
 

@@ -24,6 +24,7 @@ DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 MAX_TEXT = 512
 ACCESS_KIND = "audit.access"
 ERASURE_KIND = "audit.erasure"
+RETENTION_KIND = "audit.retention"
 
 _KIND = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
@@ -381,6 +382,22 @@ def parse_erasure(body: bytes) -> str:
     if not isinstance(citizen, str) or not citizen.strip() or len(citizen) > MAX_TEXT:
         raise BadRequest("citizen must be a phone number or a user id")
     return citizen
+
+
+def past_retired(first: int, end: int, retired: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """An export's [first, end) moved past the retired months it starts in; a range that
+    would still span a retired month is refused (their events are in their archive)."""
+    for low, high in sorted(retired):
+        if low <= first < high:
+            first = high
+    end = max(first, end)
+    for low, high in sorted(retired):
+        if low < end and first < high:
+            raise BadRequest(
+                f"events {low} to {high - 1} were retired with their month (see the "
+                "audit.retention event): export the ranges before and after them"
+            )
+    return first, end
 
 
 def range_proof(

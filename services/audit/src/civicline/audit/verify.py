@@ -14,9 +14,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import orjson
+
 from civicline.audit.canonical import LogEntry, entry_leaf_hash
 from civicline.audit.checkpoint import Checkpoint, CheckpointError, Verifier, open_checkpoint
 from civicline.audit.merkle import CompactRange, ProofError, perfect_ranges
+from civicline.audit.query import RETENTION_KIND
 
 # Rows whose stored leaf hash disagrees with their content are kept to explain them; past this
 # many the log is plainly rewritten wholesale and the rest are only counted.
@@ -53,6 +56,14 @@ class StoredEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class RetiredLeaf:
+    """An event of a retired month: its row was detached and archived, its leaf hash kept."""
+
+    seq: int
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class StoredHead:
     tree_size: int
     root_hash: bytes
@@ -68,6 +79,7 @@ class Report:
     findings: tuple[Finding, ...]
     first_seq: int = 0
     ranged: bool = False  # a range export: it verifies [first_seq, first_seq + events)
+    retired: int = 0  # events counted by their leaf alone: their month was retired
 
     @property
     def ok(self) -> bool:
@@ -89,6 +101,11 @@ class Report:
             f"{self.saved_checked} saved checkpoints checked; the first {self.verified_size} "
             "events are proven by a signed tree head"
         )
+        if self.retired:
+            result.append(
+                f"note: {self.retired} of them are in retired months: their leaves are checked, "
+                "their content is in the archived exports the audit.retention events name"
+            )
         unsigned = self.events - self.verified_size
         if self.ok and unsigned > 0:
             result.append(f"note: the last {unsigned} events are not yet covered by a tree head")
@@ -112,7 +129,12 @@ class LogVerifier:
     heads: Sequence[StoredHead]
     saved_checkpoints: Sequence[str] = ()
     next_seq: int | None = None
+    # [first, end) ranges whose rows the source says were retired: fed by `add_retired`, and
+    # each must be named by an audit.retention event of the log itself.
+    retired: Sequence[tuple[int, int]] = ()
     _findings: list[Finding] = field(default_factory=list, init=False)
+    _named: set[tuple[int, int]] = field(default_factory=set, init=False)
+    _retired_seen: int = field(default=0, init=False)
     _targets: list[_Target] = field(default_factory=list, init=False)
     _roots: dict[int, bytes] = field(default_factory=dict, init=False)
     _tree: CompactRange = field(default_factory=CompactRange, init=False)
@@ -156,16 +178,15 @@ class LogVerifier:
     def _add(self, seq: int, problem: Problem, detail: str) -> None:
         self._findings.append(Finding(seq, problem, detail))
 
-    def add(self, stored: StoredEntry) -> None:
-        """Feed the next row, in the order the source keeps them (by seq)."""
-        seq = stored.entry.seq
+    def _arrive(self, seq: int) -> bool:
+        """Note a gap or a step back before `seq`; False if it is to be skipped."""
         if seq < self._expected:
             self._add(
                 seq, Problem.REORDERED, f"seq {seq} appears again after seq {self._expected - 1}"
             )
             if self._broken_at is None or seq < self._broken_at:
                 self._broken_at = seq
-            return
+            return False
         if seq > self._expected:
             missing = (
                 f"seq {self._expected}"
@@ -176,16 +197,48 @@ class LogVerifier:
             if self._broken_at is None:
                 self._broken_at = self._expected
             self._expected = seq
+        return True
+
+    def _grow(self, seq: int, leaf: bytes) -> None:
+        self._expected = seq + 1
+        if self._broken_at is None:
+            self._tree.append(leaf)
+            self._roots_at_targets()
+
+    def add(self, stored: StoredEntry) -> None:
+        """Feed the next row, in the order the source keeps them (by seq)."""
+        seq = stored.entry.seq
+        if not self._arrive(seq):
+            return
         leaf = entry_leaf_hash(stored.entry)
         if stored.leaf_hash != leaf:
             if len(self._mismatched) < MAX_EXPLAINED:
                 self._mismatched[seq] = stored
             else:
                 self._unexplained += 1
-        self._expected = seq + 1
-        if self._broken_at is None:
-            self._tree.append(leaf)
-            self._roots_at_targets()
+        elif stored.entry.kind == RETENTION_KIND:
+            named = retention_range(stored.entry.payload_json)
+            if named is not None:
+                self._named.add(named)
+        self._grow(seq, leaf)
+
+    def add_retired(self, retired: RetiredLeaf) -> None:
+        """Feed the leaf of an event whose row was retired with its month, in seq order among
+        the rows. Only its leaf hash remains, so the tree is checked, not the content."""
+        if not any(first <= retired.seq < end for first, end in self.retired):
+            self._add(
+                retired.seq,
+                Problem.REMOVED,
+                f"seq {retired.seq} has a leaf hash but no row, outside every retired range",
+            )
+            if self._broken_at is None:
+                self._broken_at = retired.seq
+            self._expected = max(self._expected, retired.seq + 1)
+            return
+        if not self._arrive(retired.seq):
+            return
+        self._retired_seen += 1
+        self._grow(retired.seq, retired.leaf_hash)
 
     def _roots_at_targets(self) -> None:
         size = self._tree.size
@@ -194,6 +247,15 @@ class LogVerifier:
 
     def finish(self) -> Report:
         self._explain_mismatches()
+        for first, end in sorted(set(self.retired) - self._named):
+            self._add(
+                first,
+                Problem.REMOVED,
+                f"seqs {first} to {end - 1} are missing, said to be retired, but no "
+                "audit.retention event of the log names that range",
+            )
+            if self._broken_at is None or first < self._broken_at:
+                self._broken_at = first
         events = self._expected
         if self.next_seq is not None and self.next_seq > events:
             self._add(
@@ -250,6 +312,7 @@ class LogVerifier:
             heads_checked=len(self.heads),
             saved_checked=len(self.saved_checkpoints),
             findings=tuple(sorted(self._findings)),
+            retired=self._retired_seen,
         )
 
     def _explain_mismatches(self) -> None:
@@ -317,6 +380,18 @@ class LogVerifier:
                 Problem.CHANGED,
                 f"{self._unexplained} more rows no longer match their stored leaf hashes",
             )
+
+
+def retention_range(payload_json: str | None) -> tuple[int, int] | None:
+    """The [first_seq, end_seq) an audit.retention event's payload names, if it names one."""
+    try:
+        payload = orjson.loads(payload_json or "")
+        first, end = payload["first_seq"], payload["end_seq"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not (isinstance(first, int) and isinstance(end, int) and 0 <= first < end):
+        return None
+    return first, end
 
 
 def _runs(origin: dict[int, int]) -> Iterable[tuple[int, int, int]]:

@@ -13,7 +13,7 @@ import orjson
 
 from civicline.audit import privacy
 from civicline.audit.core import AuditRecord
-from civicline.audit.query import ACCESS_KIND, ERASURE_KIND
+from civicline.audit.query import ACCESS_KIND, ERASURE_KIND, RETENTION_KIND
 from civicline.common.envelope import SCHEMA_VERSION
 
 Row = Mapping[str, Any]
@@ -175,3 +175,26 @@ def erasure_record(
         "requested_by": requested_by,
     }
     return _service_record(ERASURE_KIND, "erasure", payload, at)
+
+
+def retention_record(
+    *,
+    partition: str,
+    first_seq: int,
+    end_seq: int,
+    export_sha256: str,
+    requested_by: str,
+    at: datetime,
+) -> AuditRecord:
+    """An `audit.retention` event: the month whose events [first_seq, end_seq) were detached
+    from the log, and the export that holds them. Verification accepts their absence only
+    inside a range such an event names."""
+    payload = {
+        "partition": partition,
+        "first_seq": first_seq,
+        "end_seq": end_seq,
+        "events": end_seq - first_seq,
+        "export_sha256": export_sha256,
+        "requested_by": requested_by,
+    }
+    return _service_record(RETENTION_KIND, "retention", payload, at)

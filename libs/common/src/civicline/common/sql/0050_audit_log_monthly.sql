@@ -88,12 +88,17 @@ LANGUAGE sql STABLE AS $$
                 ELSE '\x01'::bytea || audit_text_bytes(entry.signature) END)
 $$;
 
--- 3. One row per logged event: seq and event_id unique across every partition.
+-- 3. One row per logged event: seq and event_id unique across every partition, and the
+--    leaf hash, which stays when a month is retired (detached and archived): proofs of the
+--    events kept may need the leaves of their retired neighbours, and a verification of the
+--    whole log counts a retired month by its leaves.
 CREATE TABLE audit_event_id (
-    event_id uuid   PRIMARY KEY,
-    seq      bigint NOT NULL UNIQUE CHECK (seq >= 0)
+    event_id  uuid   PRIMARY KEY,
+    seq       bigint NOT NULL UNIQUE CHECK (seq >= 0),
+    leaf_hash bytea  NOT NULL CHECK (octet_length(leaf_hash) = 32)
 );
-INSERT INTO audit_event_id (event_id, seq) SELECT event_id, seq FROM audit_log_legacy;
+INSERT INTO audit_event_id (event_id, seq, leaf_hash)
+SELECT event_id, seq, leaf_hash FROM audit_log_legacy;
 
 CREATE TRIGGER audit_event_id_refuse_update_delete
     BEFORE UPDATE OR DELETE ON audit_event_id
