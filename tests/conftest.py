@@ -11,6 +11,7 @@ from support.isolation import (
     Environment,
     EnvironmentFactory,
     create_environment,
+    drop_abandoned_environments,
     drop_environment,
 )
 
@@ -39,9 +40,19 @@ async def _environment_factory() -> AsyncIterator[EnvironmentFactory]:
         await drop_environment(environment)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
+async def _no_abandoned_environments() -> None:
+    """Drop the vhosts and databases of earlier runs that were killed before they could:
+    their quorum queues and message stores keep holding the broker's file handles (about 900
+    under the default ulimit, shared by every run on the machine), and once they run out the
+    broker stops accepting connections and creating vhosts until handles are freed."""
+    await drop_abandoned_environments()
+
+
+@pytest.fixture(scope="module")
 async def environments() -> AsyncIterator[EnvironmentFactory]:
-    """Environments that live until the end of the run (for module-scoped pipelines)."""
+    """Environments that live until the end of their module (for module-scoped pipelines),
+    so a run holds only a few vhosts at a time."""
     async for factory in _environment_factory():
         yield factory
 

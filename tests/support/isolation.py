@@ -5,11 +5,13 @@ are the real servers, reached with the same URLs the services take."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
@@ -37,7 +39,7 @@ def _with_path(url: str, path: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path="/" + quote(path, safe="")))
 
 
-def _rabbitmqctl(*args: str) -> None:
+def _rabbitmqctl(*args: str) -> str:
     tool = shutil.which("rabbitmqctl")
     if tool is None:
         raise RuntimeError(
@@ -49,6 +51,7 @@ def _rabbitmqctl(*args: str) -> None:
         raise RuntimeError(
             f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}\n{_epmd_names()}"
         )
+    return result.stdout
 
 
 def _epmd_names() -> str:
@@ -91,10 +94,65 @@ def unique_name(label: str) -> str:
     return f"civicline_test_{label}_{os.getpid()}_{secrets.token_hex(3)}"
 
 
+_TEST_NAME = re.compile(r"civicline_test_.+_(?P<pid>\d+)_[0-9a-f]{6}")
+
+
+def _abandoned(name: str) -> bool:
+    """A name unique_name made in a process that is no longer a running test run."""
+    match = _TEST_NAME.fullmatch(name)
+    if match is None:
+        return False
+    try:
+        command = Path(f"/proc/{match['pid']}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"pytest" not in command
+
+
+def list_vhosts() -> list[str]:
+    return _rabbitmqctl("list_vhosts", "--silent", "name").split()
+
+
+async def list_test_databases() -> list[str]:
+    admin = await asyncpg.connect(ADMIN_DATABASE_URL)
+    try:
+        rows = await admin.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'civicline\\_test\\_%'"
+        )
+    finally:
+        await admin.close()
+    return [row["datname"] for row in rows]
+
+
+async def drop_abandoned_environments() -> list[str]:
+    """Drop every test vhost and database whose run has ended without dropping them (it was
+    killed); those of runs still going are left alone. Returns the names dropped."""
+    vhosts = list_vhosts()
+    databases = await list_test_databases()
+    dropped = []
+    for name in sorted({*vhosts, *databases}):
+        if not _abandoned(name):
+            continue
+        if name in vhosts:
+            delete_vhost(name)
+        if name in databases:
+            await drop_database(name)
+        dropped.append(name)
+    return dropped
+
+
+def add_vhost(name: str) -> None:
+    _rabbitmqctl("add_vhost", name)
+
+
+def delete_vhost(name: str) -> None:
+    _rabbitmqctl("delete_vhost", name)
+
+
 async def create_environment(label: str) -> Environment:
     """A fresh vhost (guest has full rights in it) and a fresh, migrated database."""
     name = unique_name(label)
-    _rabbitmqctl("add_vhost", name)
+    add_vhost(name)
     user = urlsplit(ADMIN_AMQP_URL).username or "guest"
     _rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
     database_url = await create_database(name)
@@ -102,5 +160,5 @@ async def create_environment(label: str) -> Environment:
 
 
 async def drop_environment(environment: Environment) -> None:
-    _rabbitmqctl("delete_vhost", environment.name)
+    delete_vhost(environment.name)
     await drop_database(environment.name)

@@ -242,11 +242,17 @@ async def main() -> None:
         print(f"consistency proof to {size} events: {milliseconds(consistency)}")
 
         subtrees = await connection.fetchval("SELECT count(*) FROM audit_subtree")
-        table = await connection.fetchval("SELECT pg_total_relation_size('audit_log')")
+        # A partitioned table has no storage of its own: its months do.
+        table = await connection.fetchval(
+            "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
+            "WHERE inhparent = 'audit_log'::regclass"
+        )
+        registry = await connection.fetchval("SELECT pg_total_relation_size('audit_event_id')")
         stored = await connection.fetchval("SELECT pg_total_relation_size('audit_subtree')")
         print(
             f"stored subtrees: {subtrees} rows, {stored / 2**20:.1f} MiB "
-            f"(audit_log: {table / 2**20:.0f} MiB)"
+            f"(audit_log: {table / 2**20:.0f} MiB in its months; "
+            f"audit_event_id: {registry / 2**20:.0f} MiB)"
         )
         await connection.close()
         await api_latencies(url, size, args.queries)

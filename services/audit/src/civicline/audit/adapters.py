@@ -54,14 +54,14 @@ class Appended:
 
 
 @dataclass(slots=True)
-class _LockedLog:
+class LockedLog:
     next_seq: int
     tree: CompactRange
     now: datetime
     changed: bool = False
 
 
-async def lock_log(connection: asyncpg.Connection) -> _LockedLog:
+async def lock_log(connection: asyncpg.Connection) -> LockedLog:
     """Take the log-state row FOR UPDATE and bring the tree up to next_seq (rows written
     before migration 0004 are folded in once, by whichever writer comes first)."""
     row = await connection.fetchrow(
@@ -72,9 +72,7 @@ async def lock_log(connection: asyncpg.Connection) -> _LockedLog:
     now = await connection.fetchval(
         "SELECT now FROM clock_timestamp() AS now, audit_log_ensure_months(now) AS ensured"
     )
-    locked = _LockedLog(
-        row["next_seq"], CompactRange.decode(row["tree_size"], row["frontier"]), now
-    )
+    locked = LockedLog(row["next_seq"], CompactRange.decode(row["tree_size"], row["frontier"]), now)
     if locked.tree.size < locked.next_seq:
         leaves = await connection.fetch(
             "SELECT seq, leaf_hash FROM audit_log WHERE seq >= $1 ORDER BY seq", locked.tree.size
@@ -98,7 +96,7 @@ async def _store_subtrees(connection: asyncpg.Connection, completed: Iterable[Su
         )
 
 
-async def _save_state(connection: asyncpg.Connection, locked: _LockedLog) -> None:
+async def _save_state(connection: asyncpg.Connection, locked: LockedLog) -> None:
     await connection.execute(
         "UPDATE audit_log_state SET next_seq = $1, tree_size = $2, frontier = $3 WHERE singleton",
         locked.next_seq,
@@ -165,7 +163,7 @@ def _array_literal(elements: Iterable[str]) -> str:
 
 async def _append_locked(
     connection: asyncpg.Connection,
-    locked: _LockedLog,
+    locked: LockedLog,
     records: Sequence[AuditRecord],
     keys: privacy.PrivacyKeys | None,
 ) -> int:
@@ -224,7 +222,7 @@ async def _append_locked(
 
 async def append_locked(
     connection: asyncpg.Connection,
-    locked: _LockedLog,
+    locked: LockedLog,
     records: Sequence[AuditRecord],
     keys: privacy.PrivacyKeys | None = None,
 ) -> int:
@@ -245,9 +243,7 @@ async def append_records(
     citizens they are about when `keys` are given)."""
     async with pool.acquire() as connection, connection.transaction():
         locked = await lock_log(connection)
-        new = await _append_locked(connection, locked, records, keys)
-        if locked.changed:
-            await _save_state(connection, locked)
+        new = await append_locked(connection, locked, records, keys)
     APPENDED.inc(new)
     DUPLICATES.inc(len(records) - new)
     BATCH_SIZE.observe(len(records))
