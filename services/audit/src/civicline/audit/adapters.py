@@ -334,11 +334,18 @@ async def sign_tree_head(
             "SELECT coalesce(max(tree_size), 0) FROM audit_tree_head"
         )
         size = locked.tree.size
-        other = await connection.fetchval(
-            "SELECT EXISTS (SELECT FROM audit_log WHERE seq >= $1 AND seq < $2 AND kind <> $3)",
-            last_signed,
-            size,
-            AUDIT_CHECKPOINT,
+        # The first such event in seq order: a walk of the primary key that stops at once.
+        # (As an EXISTS, the planner may first build a bitmap of the whole range: 540 ms for
+        # the first head over 10,000,000 events, with the log partitioned by month.)
+        other = (
+            await connection.fetchval(
+                """SELECT seq FROM audit_log WHERE seq >= $1 AND seq < $2 AND kind <> $3
+                   ORDER BY seq LIMIT 1""",
+                last_signed,
+                size,
+                AUDIT_CHECKPOINT,
+            )
+            is not None
         )
         if not checkpoint_due(
             tree_size=size, last_signed=last_signed, other_than_checkpoints=other, forced=forced
