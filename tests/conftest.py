@@ -11,7 +11,6 @@ from support.isolation import (
     Environment,
     EnvironmentFactory,
     create_environment,
-    drop_abandoned_environments,
     drop_environment,
 )
 
@@ -38,15 +37,6 @@ async def _environment_factory() -> AsyncIterator[EnvironmentFactory]:
     yield make
     for environment in made:
         await drop_environment(environment)
-
-
-@pytest.fixture(scope="session", autouse=True)
-async def _no_abandoned_environments() -> None:
-    """Drop the vhosts and databases of earlier runs that were killed before they could:
-    their quorum queues and message stores keep holding the broker's file handles (about 900
-    under the default ulimit, shared by every run on the machine), and once they run out the
-    broker stops accepting connections and creating vhosts until handles are freed."""
-    await drop_abandoned_environments()
 
 
 @pytest.fixture(scope="module")

@@ -127,7 +127,7 @@ async def test_seq_and_event_id_stay_unique_across_months() -> None:
         try:
             await append_batch(pool, sample_records(3))
             first = await pool.fetchrow("SELECT seq, event_id FROM audit_log WHERE seq = 0")
-            await pool.execute("SELECT audit_log_ensure_months('2027-03-10')")
+            await pool.execute("SELECT audit_log_ensure_months_at('2027-03-10')")
             for seq, event in ((0, uuid.uuid4()), (99, first["event_id"])):
                 # a row that claims seq 0 again, or event 0's id, in another month
                 with pytest.raises(asyncpg.UniqueViolationError):
@@ -163,46 +163,61 @@ async def test_a_fresh_log_has_this_month_and_the_next(database_url: str) -> Non
 
 
 async def test_the_writer_makes_each_month_once_and_nothing_else(database_url: str) -> None:
+    this_month, next_month = this_month_and_next()
+    owner = await asyncpg.connect(database_url)
+    try:  # next month is not made yet, as on the first day of this one
+        await owner.execute(f"ALTER TABLE audit_log DETACH PARTITION {next_month}")
+        await owner.execute(f"DROP TABLE {next_month}")
+    finally:
+        await owner.close()
     writer = await asyncpg.create_pool(
         database_url_as(database_url, "civicline_writer"), min_size=4, max_size=4
     )
     try:
-        # Four audit replicas reach a new month at once: one makes it, none fails.
+        # Four audit replicas write at once: one makes next month, none fails.
         await asyncio.gather(
-            *(
-                writer.execute("SELECT audit_log_ensure_months('2027-01-31 23:00+00')")
-                for _ in range(4)
-            )
+            *(writer.execute("SELECT audit_log_ensure_months()") for _ in range(4))
         )
-        await writer.execute("SELECT audit_log_ensure_months('2027-01-05')")  # made: a no-op
-        owners = await writer.fetch(
-            """SELECT c.relname, pg_get_userbyid(c.relowner) AS owner,
-                      pg_get_expr(c.relpartbound, c.oid) AS bound
+        await writer.execute("SELECT audit_log_ensure_months()")  # both made: a no-op
+        made = await writer.fetch(
+            """SELECT c.relname, pg_get_userbyid(c.relowner) AS owner
                FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-               WHERE i.inhparent = 'audit_log'::regclass AND c.relname >= 'audit_log_2027'
-               ORDER BY 1"""
+               WHERE i.inhparent = 'audit_log'::regclass ORDER BY 1"""
         )
-        assert [tuple(row) for row in owners] == [
-            (
-                "audit_log_2027_01",
-                "civicline_owner",
-                "FOR VALUES FROM ('2027-01-01 00:00:00+00') TO ('2027-02-01 00:00:00+00')",
-            ),
-            (
-                "audit_log_2027_02",
-                "civicline_owner",
-                "FOR VALUES FROM ('2027-02-01 00:00:00+00') TO ('2027-03-01 00:00:00+00')",
-            ),
+        assert [tuple(row) for row in made] == [
+            (this_month, "civicline_owner"),
+            (next_month, "civicline_owner"),
         ]
+        # Nothing else: no month of its choosing, no table, no detaching.
         for statement in (
+            "SELECT audit_log_ensure_months_at('2030-01-01')",
             "SELECT audit_log_add_partition('audit_log_x', '2030-01-01', '2030-02-01')",
             "CREATE TABLE audit_log_x (LIKE audit_log)",
-            "ALTER TABLE audit_log DETACH PARTITION audit_log_2027_01",
+            f"ALTER TABLE audit_log DETACH PARTITION {this_month}",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await writer.execute(statement)
     finally:
         await writer.close()
+
+
+async def test_months_are_made_by_utc_month_whatever_the_session_time_zone(
+    database_url: str,
+) -> None:
+    owner = await asyncpg.connect(database_url, server_settings={"TimeZone": "Asia/Seoul"})
+    try:
+        # 1 March 2027 08:30 in Seoul is still February in UTC
+        await owner.execute("SELECT audit_log_ensure_months_at('2027-03-01 08:30+09')")
+        await owner.execute("SET TimeZone = 'UTC'")
+        bounds = await partitions(owner)
+    finally:
+        await owner.close()
+    assert bounds["audit_log_2027_02"] == (
+        "FOR VALUES FROM ('2027-02-01 00:00:00+00') TO ('2027-03-01 00:00:00+00')"
+    )
+    assert bounds["audit_log_2027_03"] == (
+        "FOR VALUES FROM ('2027-03-01 00:00:00+00') TO ('2027-04-01 00:00:00+00')"
+    )
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,7 @@ async def fill_earlier_months(connection: asyncpg.Connection) -> None:
     the same rows again at later seqs, recorded in each month (their leaves do not verify,
     which no plan looks at)."""
     for copy, month in enumerate(EARLIER_MONTHS, start=1):
-        await connection.execute("SELECT audit_log_ensure_months($1)", month)
+        await connection.execute("SELECT audit_log_ensure_months_at($1)", month)
         await connection.execute(
             """INSERT INTO audit_log
                SELECT seq + $1, gen_random_uuid(), kind, occurred_at,

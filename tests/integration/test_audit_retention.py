@@ -30,6 +30,7 @@ from support.audit_logs import (
     migrate_below,
     run_audit_cli,
     sample_records,
+    write_history,
     write_v1_rows,
 )
 
@@ -88,6 +89,8 @@ async def test_a_retired_month_is_archived_proven_and_recorded(
     archive = tmp_path / "audit-2026-05.ndjson"
     done = await retire(log_url, "audit_log_legacy", archive)
     assert (done.first_seq, done.end_seq, done.seq) == (0, OLD, OLD + NEW)
+    assert archive.exists()
+    assert not archive.with_name(archive.name + ".partial").exists()
 
     # The archive holds the month's 20 events and verifies offline.
     report = verify_export(archive, SIGNER.verifier)
@@ -99,6 +102,9 @@ async def test_a_retired_month_is_archived_proven_and_recorded(
         assert "audit_log_legacy" not in [m.partition for m in await retention.months(connection)]
         # Detached, not dropped: the owner archives the table and drops it.
         assert await connection.fetchval("SELECT count(*) FROM audit_log_legacy") == OLD
+        for change in ("DELETE FROM audit_log_legacy", "TRUNCATE audit_log_legacy"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await connection.execute(change)
         assert await connection.fetchval("SELECT min(seq) FROM audit_log") == OLD
         recorded = await connection.fetchrow(
             "SELECT seq, payload::text AS payload FROM audit_log WHERE kind = 'audit.retention'"
@@ -111,6 +117,9 @@ async def test_a_retired_month_is_archived_proven_and_recorded(
         "first_seq": 0,
         "end_seq": OLD,
         "events": OLD,
+        "recorded_from": None,  # the legacy partition runs from the start
+        "recorded_until": "2026-05-12T08:00:19.000001+00:00",
+        "retired": [[0, OLD]],
         "export_sha256": done.export_sha256,
         "requested_by": "records officer",
     }
@@ -194,6 +203,7 @@ async def test_a_month_no_signed_head_covers_yet_stays(tmp_path: Path) -> None:
             await connection.close()
         with pytest.raises(retention.RetentionError, match="civicline-audit checkpoint"):
             await retire(url, "audit_log_legacy", tmp_path / "out.ndjson")
+        assert not (tmp_path / "out.ndjson").exists()
         connection = await asyncpg.connect(url)
         try:
             assert await connection.fetchval("SELECT count(*) FROM audit_log") == OLD
@@ -240,3 +250,78 @@ async def test_the_commands_list_months_and_retire_one(log_url: str, tmp_path: P
         "verify", "--public-key", str(public_key), "--export", str(archive), env=env
     )
     assert code == 0, output
+
+
+async def test_a_month_whose_log_a_reader_holds_stays_and_leaves_no_archive(
+    log_url: str, tmp_path: Path
+) -> None:
+    """An auditor's long export holds the log; detaching waits 10 s for it, then gives up
+    and changes nothing, and the file written is not left to pass for an archive."""
+    reader = await asyncpg.connect(log_url)
+    try:
+        async with reader.transaction(isolation="repeatable_read", readonly=True):
+            await reader.fetchval("SELECT count(*) FROM audit_log")
+            with pytest.raises(retention.RetentionError, match="held it for 10s"):
+                await retire(log_url, "audit_log_legacy", tmp_path / "may.ndjson")
+    finally:
+        await reader.close()
+    assert not (tmp_path / "may.ndjson").exists()
+    report = await verify_database(log_url, SIGNER.verifier)
+    assert report.ok, report.lines()
+    assert report.retired == 0
+
+
+async def test_retiring_the_month_that_recorded_an_earlier_retirement_keeps_both(
+    tmp_path: Path,
+) -> None:
+    """January was retired in March, so January's audit.retention event lives in March;
+    when March is retired in turn, the new event still names January, and the log verifies."""
+    january = datetime(2026, 1, 20, tzinfo=UTC)
+    march = datetime(2026, 3, 3, tzinfo=UTC)
+    async with fresh_database("retire-twice") as url:
+        connection = await asyncpg.connect(url)
+        try:
+            jan_month = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
+            retired_january = orjson.dumps(
+                {
+                    "partition": "audit_log_2026_01",
+                    "first_seq": 0,
+                    "end_seq": 10,
+                    "events": 10,
+                    "recorded_from": jan_month[0].isoformat(),
+                    "recorded_until": jan_month[1].isoformat(),
+                    "retired": [[0, 10]],
+                    "export_sha256": "00" * 32,
+                    "requested_by": "records officer",
+                }
+            ).decode()
+            await write_history(
+                connection,
+                [(january.replace(minute=n), "message.voting", '{"n":1}') for n in range(10)]
+                + [(march, "audit.retention", retired_january)]
+                + [(march.replace(minute=n), "message.voting", '{"n":2}') for n in range(1, 10)],
+            )
+            await connection.execute("ALTER TABLE audit_log DETACH PARTITION audit_log_2026_01")
+        finally:
+            await connection.close()
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+        try:
+            await append_batch(pool, sample_records(5))
+            assert await sign_tree_head(pool, SIGNER) is not None
+        finally:
+            await pool.close()
+        assert (await verify_database(url, SIGNER.verifier)).ok
+
+        done = await retire(url, "audit_log_2026_03", tmp_path / "march.ndjson")
+        assert (done.first_seq, done.end_seq) == (10, 20)
+        connection = await asyncpg.connect(url)
+        try:
+            latest = await connection.fetchval(
+                "SELECT payload::text FROM audit_log WHERE kind = 'audit.retention'"
+            )
+        finally:
+            await connection.close()
+        assert orjson.loads(latest)["retired"] == [[0, 10], [10, 20]]
+        report = await verify_database(url, SIGNER.verifier)
+        assert report.ok, report.lines()
+        assert report.retired == 20

@@ -1,12 +1,15 @@
 """A run that was killed leaves its vhosts and databases behind; the next run drops them
-before it starts (their quorum queues hold the broker's file handles), and leaves those of a
-run still going alone."""
+before it makes its own (their quorum queues hold the broker's file handles), and leaves
+alone those of a run still going and those another machine made."""
 
 from __future__ import annotations
+
+import subprocess
 
 import pytest
 
 from support.isolation import (
+    HOST_TAG,
     add_vhost,
     create_database,
     delete_vhost,
@@ -19,26 +22,34 @@ from support.isolation import (
 
 pytestmark = pytest.mark.integration
 
-DEAD_PID = 4_194_303  # above any pid the kernel hands out by default (pid_max 4194304)
+
+def ended_pid() -> int:
+    """The pid of a process that has ended, as a killed run's has."""
+    process = subprocess.Popen(["sleep", "0"])
+    process.wait()
+    return process.pid
 
 
-async def test_what_a_killed_run_left_is_dropped_and_a_live_run_keeps_its_own() -> None:
-    killed = f"civicline_test_killed_{DEAD_PID}_abc123"
+async def test_what_a_killed_run_left_is_dropped_and_nothing_else() -> None:
+    killed = f"civicline_test_killed_{HOST_TAG}_{ended_pid()}_abc123"
     live = unique_name("live")  # made by this process: a running pytest
-    for name in (killed, live):
+    elsewhere = f"civicline_test_elsewhere_{'0' * 6}_{ended_pid()}_abc123"  # another machine's
+    names = (killed, live, elsewhere)
+    for name in names:
         add_vhost(name)
         await create_database(name, migrated=False)
     try:
         dropped = await drop_abandoned_environments()
         assert killed in dropped
-        assert live not in dropped
         assert killed not in list_vhosts()
         assert killed not in await list_test_databases()
-        assert live in list_vhosts()
-        assert live in await list_test_databases()
+        for kept in (live, elsewhere):
+            assert kept not in dropped
+            assert kept in list_vhosts()
+            assert kept in await list_test_databases()
     finally:
         left = list_vhosts()
-        for name in (killed, live):
+        for name in names:
             if name in left:
                 delete_vhost(name)
             await drop_database(name)

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 import aio_pika
 import asyncpg
 
-from civicline.common.topology import CONSUMED_QUEUES
+from civicline.common.topology import (
+    AUDIT_EVENTS,
+    CONSUMED_QUEUES,
+    RESPONDER_BROADCASTS,
+    RESPONDER_MESSAGES,
+    RESPONDER_STATUSES,
+    ROUTER_INBOUND,
+)
 from civicline.simulator.server import Simulator
 from support.traffic import TrafficLog
 
@@ -149,3 +156,25 @@ async def audit_is_gapless(database_url: str) -> bool:
         await connection.close()
     assert row is not None
     return bool(row["n"] == row["top"] + 1 == row["next"])
+
+
+# The queues each consumer takes its work from.
+INPUT_QUEUES = {
+    "router": (ROUTER_INBOUND.name,),
+    "responder": (RESPONDER_MESSAGES.name, RESPONDER_BROADCASTS.name, RESPONDER_STATUSES.name),
+    "audit": (AUDIT_EVENTS.name,),
+}
+
+
+async def queues_empty(amqp_url: str, names: list[str]) -> bool:
+    """No message waits to be delivered in any of these queues."""
+    if not names:
+        return True
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in names:
+            queue = await channel.declare_queue(name, passive=True)
+            if queue.declaration_result.message_count:
+                return False
+    return True

@@ -115,6 +115,47 @@ async def write_v1_rows(connection: asyncpg.Connection, count: int, at: datetime
     await connection.execute("UPDATE audit_log_state SET next_seq = $1", count)
 
 
+async def write_history(
+    connection: asyncpg.Connection, events: list[tuple[datetime, str, str]]
+) -> None:
+    """Events recorded in the past, as the writer would have logged them then (encoding v1,
+    their leaves, audit_event_id, the log state): (recorded_at, kind, payload JSON) each,
+    numbered from the log's next seq. The owner's; the writer stamps the present."""
+    first = await connection.fetchval("SELECT next_seq FROM audit_log_state")
+    for seq, (recorded_at, kind, payload_json) in enumerate(events, start=first):
+        await connection.execute("SELECT audit_log_ensure_months_at($1)", recorded_at)
+        entry = LogEntry.with_raw_body(
+            seq=seq,
+            event_id=uuid.uuid4(),
+            kind=kind,
+            occurred_at=recorded_at,
+            recorded_at=recorded_at,
+            correlation_id=f"history.{seq}",
+            schema_version=1,
+            payload_json=payload_json,
+            raw_body=None,
+            signature=None,
+            version=1,
+        )
+        leaf = entry_leaf_hash(entry)
+        await connection.execute(
+            """WITH registered AS (
+                   INSERT INTO audit_event_id (event_id, seq, leaf_hash) VALUES ($2, $1, $8))
+               INSERT INTO audit_log (seq, event_id, kind, occurred_at, recorded_at,
+                   correlation_id, schema_version, payload, leaf_hash)
+               VALUES ($1, $2, $3, $4, $4, $5, $6, $7::json, $8)""",
+            entry.seq,
+            entry.event_id,
+            entry.kind,
+            entry.recorded_at,
+            entry.correlation_id,
+            entry.schema_version,
+            entry.payload_json,
+            leaf,
+        )
+    await connection.execute("UPDATE audit_log_state SET next_seq = $1", first + len(events))
+
+
 @asynccontextmanager
 async def fresh_database(label: str, *, migrate: bool = True) -> AsyncIterator[str]:
     """A new database (no vhost: these tests need no broker), dropped afterwards."""

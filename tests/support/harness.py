@@ -4,6 +4,7 @@ services as real processes, traffic, and the end-to-end count after each fault."
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,16 +14,19 @@ from civicline.audit.auditor import verify_database
 from civicline.audit.checkpoint import Signer, Verifier
 from civicline.simulator.server import Simulator
 from support.accounting import (
+    INPUT_QUEUES,
     Outcome,
     audit_is_gapless,
     count,
     queue_depths,
+    queues_empty,
     wait_until_settled,
 )
 from support.isolation import Environment
-from support.pipeline import APP_SECRET, Pipeline
+from support.pipeline import APP_SECRET, SERVICES, Pipeline
 from support.tcpproxy import TcpProxy
 from support.traffic import TrafficLog, Webhook, deliver
+from support.waiting import eventually
 
 # Every scenario's count line, printed at the end of the run (tests/faults/conftest.py).
 SCENARIO_LINES: list[str] = []
@@ -51,7 +55,7 @@ class Harness:
     ) -> Outcome:
         """Wait for the pipeline to finish the work, stop it gracefully, then count."""
         await wait_until_settled(self.environment.database_url, self.simulator, log.accepted_wamids)
-        exit_codes = await self.pipeline.stop_all()
+        exit_codes = await self.stop_draining()
         outcome = await count(scenario, log, self.environment.database_url, self.simulator)
         SCENARIO_LINES.append(outcome.line())
         depths = await queue_depths(self.environment.amqp_url)
@@ -67,6 +71,24 @@ class Harness:
         assert report.heads_checked >= 1, "the audit service signed no tree head"
         assert exit_codes == dict.fromkeys(exit_codes, 0), exit_codes
         return outcome
+
+    async def stop_draining(self) -> dict[str, int]:
+        """Stop the services one by one, upstream first, as a rollout drains a pipeline:
+        after each, wait until the services still running have taken every message that the
+        stopped one published on its way out (its last ledger flush, say), so a message
+        sent a moment before the next SIGTERM is not counted as work left behind."""
+        codes: dict[str, int] = {}
+        order = [s for s in SERVICES if s in self.pipeline.processes]
+        for service in order:
+            codes[service] = await self.pipeline.stop(service)
+            running = [s for s in order if s not in codes]
+            inputs = [queue for s in running for queue in INPUT_QUEUES.get(s, ())]
+            await eventually(
+                functools.partial(queues_empty, self.environment.amqp_url, inputs),
+                what=f"{', '.join(inputs) or 'nothing'} to be taken after {service} stopped",
+                timeout=30.0,
+            )
+        return codes
 
     async def audit_kinds(self, kind: str) -> int:
         connection = await asyncpg.connect(self.environment.database_url)

@@ -4,10 +4,15 @@ are the real servers, reached with the same URLs the services take."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
+import hashlib
 import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -90,23 +95,41 @@ async def drop_database(name: str) -> None:
         await admin.close()
 
 
+# Which machine made a name: runs elsewhere that share the servers are never judged from
+# here (their pids mean nothing on this machine).
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
 def unique_name(label: str) -> str:
-    return f"civicline_test_{label}_{os.getpid()}_{secrets.token_hex(3)}"
+    _sweep_once()
+    return f"civicline_test_{label}_{HOST_TAG}_{os.getpid()}_{secrets.token_hex(3)}"
 
 
-_TEST_NAME = re.compile(r"civicline_test_.+_(?P<pid>\d+)_[0-9a-f]{6}")
+_TEST_NAME = re.compile(r"civicline_test_.+_(?P<host>[0-9a-f]{6})_(?P<pid>\d+)_[0-9a-f]{6}")
 
 
 def _abandoned(name: str) -> bool:
-    """A name unique_name made in a process that is no longer a running test run."""
+    """A name unique_name made on this machine in a process that is no longer a test run."""
     match = _TEST_NAME.fullmatch(name)
-    if match is None:
+    if match is None or match["host"] != HOST_TAG:
         return False
     try:
         command = Path(f"/proc/{match['pid']}/cmdline").read_bytes()
     except OSError:
         return True
     return b"pytest" not in command
+
+
+@functools.cache
+def _sweep_once() -> None:
+    """Before a run makes its first vhost or database, drop those of earlier runs that were
+    killed before they could: their quorum queues and message stores keep holding the
+    broker's file handles (about 900 under the default ulimit, shared by every run on the
+    machine), and once those run out the broker stops accepting connections and creating
+    vhosts until handles are freed. Only runs that need the servers get here. (In a thread
+    of its own: the caller may be inside the test's event loop.)"""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, drop_abandoned_environments()).result()
 
 
 def list_vhosts() -> list[str]:

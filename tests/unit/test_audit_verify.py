@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from civicline.audit import merkle
@@ -247,20 +248,30 @@ def test_a_range_whose_leaves_and_hashes_were_rewritten_fails_at_the_root() -> N
 # --- retired months -------------------------------------------------------------------------
 
 
-def retention_at(seq: int, first: int, end: int) -> StoredEntry:
-    """The audit.retention event that retires [first, end), logged at `seq`."""
+def retention_at(
+    seq: int, first: int, end: int, *, month: tuple[int, int] | None = None
+) -> StoredEntry:
+    """The audit.retention event that retires [first, end), logged at `seq`; `month`: the
+    seconds after START its month ran from and until (entry(n) is recorded at n s)."""
+    payload: dict[str, Any] = {"partition": "audit_log_2026_05", "first_seq": first}
+    payload["end_seq"] = end
+    payload["retired"] = [[first, end]]
+    if month is not None:
+        payload["recorded_from"] = (START + timedelta(seconds=month[0])).isoformat()
+        payload["recorded_until"] = (START + timedelta(seconds=month[1])).isoformat()
     e = dataclasses.replace(
-        entry(seq),
-        kind="audit.retention",
-        payload_json=f'{{"partition":"audit_log_2026_05","first_seq":{first},"end_seq":{end}}}',
+        entry(seq), kind="audit.retention", payload_json=orjson.dumps(payload).decode()
     )
     return StoredEntry(e, entry_leaf_hash(e))
 
 
-def retired_log(first: int, end: int, *, named: bool = True) -> tuple[list[Any], list[StoredHead]]:
+def retired_log(
+    first: int, end: int, *, named: bool = True, month: tuple[int, int] | None = None
+) -> tuple[list[Any], list[StoredHead]]:
     """A log of 40 whose rows [first, end) are retired (leaves only) and whose last event,
     seq 39, names that range (or another one, if not `named`)."""
-    full = [*GENUINE[:39], retention_at(39, first, end) if named else retention_at(39, 0, 1)]
+    event = retention_at(39, first, end, month=month) if named else retention_at(39, 0, 1)
+    full = [*GENUINE[:39], event]
     heads = [head(full, size) for size in HEAD_SIZES]
     items: list[Any] = [
         RetiredLeaf(s.entry.seq, s.leaf_hash or b"") if first <= s.entry.seq < end else s
@@ -307,3 +318,34 @@ def test_a_retired_leaf_that_was_changed_breaks_the_heads() -> None:
     assert not report.ok
     assert {f.problem for f in report.findings} == {Problem.ROOT_MISMATCH}
     assert report.verified_size == 0
+
+
+def test_a_retired_range_that_is_a_whole_month_verifies() -> None:
+    items, heads = retired_log(5, 10, month=(5, 10))  # seqs 5-9 are all of that month
+    report = verify_retired(items, heads, [(5, 10)])
+    assert report.ok, report.lines()
+
+
+@pytest.mark.parametrize("month", [(5, 20), (4, 10)])
+def test_events_cut_out_of_a_month_and_called_retired_are_a_removal(
+    month: tuple[int, int],
+) -> None:
+    """Seq 10 (or seq 4), kept, was recorded inside the month the event says was retired."""
+    items, heads = retired_log(5, 10, month=month)
+    assert problems(verify_retired(items, heads, [(5, 10)])) == [(Problem.REMOVED, 5)]
+
+
+def test_a_retention_event_naming_later_events_is_an_insertion() -> None:
+    full = [*GENUINE[:30], retention_at(30, 32, 35), *GENUINE[31:]]
+    heads = [head(full, size) for size in HEAD_SIZES]
+    items: list[Any] = [
+        RetiredLeaf(s.entry.seq, s.leaf_hash or b"") if 32 <= s.entry.seq < 35 else s for s in full
+    ]
+    found = problems(verify_retired(items, heads, [(32, 35)]))
+    assert (Problem.INSERTED, 30) in found
+    assert (Problem.REMOVED, 32) in found
+
+
+def test_overlapping_retired_ranges_are_a_removal() -> None:
+    items, heads = retired_log(0, 20)
+    assert (Problem.REMOVED, 10) in problems(verify_retired(items, heads, [(0, 20), (10, 20)]))

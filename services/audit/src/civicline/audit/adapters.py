@@ -70,12 +70,14 @@ async def lock_log(connection: asyncpg.Connection) -> LockedLog:
     # Read the clock only once the lock is held, so recorded_at follows the seq order; the
     # log's partition for that month (and the next) exists before anything is inserted.
     now = await connection.fetchval(
-        "SELECT now FROM clock_timestamp() AS now, audit_log_ensure_months(now) AS ensured"
+        "SELECT now FROM clock_timestamp() AS now, audit_log_ensure_months() AS ensured"
     )
     locked = LockedLog(row["next_seq"], CompactRange.decode(row["tree_size"], row["frontier"]), now)
     if locked.tree.size < locked.next_seq:
         leaves = await connection.fetch(
-            "SELECT seq, leaf_hash FROM audit_log WHERE seq >= $1 ORDER BY seq", locked.tree.size
+            # audit_event_id holds every leaf, those of retired months too
+            "SELECT seq, leaf_hash FROM audit_event_id WHERE seq >= $1 ORDER BY seq",
+            locked.tree.size,
         )
         if [r["seq"] for r in leaves] != list(range(locked.tree.size, locked.next_seq)):
             raise RuntimeError("audit_log has a gap below next_seq: run civicline-audit verify")

@@ -32,7 +32,7 @@ from civicline.audit.verify import (
     RetiredLeaf,
     StoredEntry,
     StoredHead,
-    retention_range,
+    retention,
 )
 
 EXPORT_FORMAT = "civicline-audit-export"
@@ -153,13 +153,16 @@ async def range_preamble(
 
 
 async def retired_ranges(connection: asyncpg.Connection) -> list[tuple[int, int]]:
-    """The [first, end) seq ranges retired with their months, as the log's own audit.retention
-    events name them, in order."""
-    rows = await connection.fetch(
-        "SELECT payload::text AS payload FROM audit_log WHERE kind = $1 ORDER BY seq",
+    """The [first, end) seq ranges retired with their months, as the latest audit.retention
+    event of the log lists them (each lists every range retired so far, and the latest is
+    never in a retired month)."""
+    payload = await connection.fetchval(
+        """SELECT payload::text FROM audit_log WHERE kind = $1
+           ORDER BY seq DESC LIMIT 1""",
         query.RETENTION_KIND,
     )
-    return sorted(named for row in rows if (named := retention_range(row["payload"])) is not None)
+    said = retention(payload)
+    return [] if said is None else list(said.retired)
 
 
 async def log_items(

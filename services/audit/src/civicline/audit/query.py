@@ -187,11 +187,15 @@ def page_sql(columns: str, selected: EventFilter, after: int, limit: int) -> tup
         subject, *others = clauses[1:]
         assert subject.startswith("subjects @>"), clauses
         outer = " AND ".join([clauses[0], *others])
+        # Each lookup names the event's month too, so only that month's index is read.
         sql = (
-            f"WITH matched AS MATERIALIZED (SELECT seq FROM audit_log WHERE {subject}) "  # noqa: S608 (filters are bound parameters)
-            "SELECT event.* FROM (SELECT seq FROM matched WHERE seq > $1 ORDER BY seq) AS m, "
-            f"LATERAL (SELECT {columns} FROM audit_log WHERE audit_log.seq = m.seq AND {outer} "
-            f"OFFSET 0) AS event ORDER BY m.seq LIMIT {int(limit) + 1}"
+            "WITH matched AS MATERIALIZED ("  # noqa: S608 (filters are bound parameters)
+            f"SELECT seq, recorded_at FROM audit_log WHERE {subject}) "
+            "SELECT event.* FROM (SELECT seq, recorded_at FROM matched WHERE seq > $1 "
+            "ORDER BY seq) AS m, "
+            f"LATERAL (SELECT {columns} FROM audit_log WHERE audit_log.seq = m.seq "
+            f"AND audit_log.recorded_at = m.recorded_at AND {outer} OFFSET 0) AS event "
+            f"ORDER BY m.seq LIMIT {int(limit) + 1}"
         )
     else:
         sql = f"SELECT {columns} FROM audit_log WHERE {' AND '.join(clauses)} {page}"  # noqa: S608 (filters are bound parameters)

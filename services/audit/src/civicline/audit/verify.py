@@ -10,9 +10,12 @@ that do not match.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import orjson
 
@@ -134,6 +137,8 @@ class LogVerifier:
     retired: Sequence[tuple[int, int]] = ()
     _findings: list[Finding] = field(default_factory=list, init=False)
     _named: set[tuple[int, int]] = field(default_factory=set, init=False)
+    _months: dict[tuple[int, int], Retention] = field(default_factory=dict, init=False)
+    _beside: dict[int, datetime] = field(default_factory=dict, init=False)
     _retired_seen: int = field(default=0, init=False)
     _targets: list[_Target] = field(default_factory=list, init=False)
     _roots: dict[int, bytes] = field(default_factory=dict, init=False)
@@ -217,10 +222,27 @@ class LogVerifier:
             else:
                 self._unexplained += 1
         elif stored.entry.kind == RETENTION_KIND:
-            named = retention_range(stored.entry.payload_json)
-            if named is not None:
-                self._named.add(named)
+            self._note_retention(seq, stored.entry)
+        if any(seq in (first - 1, end) for first, end in self.retired):
+            self._beside[seq] = stored.entry.recorded_at
         self._grow(seq, leaf)
+
+    def _note_retention(self, seq: int, entry: LogEntry) -> None:
+        said = retention(entry.payload_json)
+        if said is None:
+            self._add(seq, Problem.CHANGED, f"seq {seq}: an audit.retention event names no range")
+            return
+        later = [r for r in said.retired if r[1] > seq]
+        if later:
+            self._add(
+                seq,
+                Problem.INSERTED,
+                f"the audit.retention event at seq {seq} names events recorded after it "
+                f"(seqs {later[0][0]} to {later[0][1] - 1})",
+            )
+            return
+        self._named.update(said.retired)
+        self._months[said.first_seq, said.end_seq] = said
 
     def add_retired(self, retired: RetiredLeaf) -> None:
         """Feed the leaf of an event whose row was retired with its month, in seq order among
@@ -247,15 +269,7 @@ class LogVerifier:
 
     def finish(self) -> Report:
         self._explain_mismatches()
-        for first, end in sorted(set(self.retired) - self._named):
-            self._add(
-                first,
-                Problem.REMOVED,
-                f"seqs {first} to {end - 1} are missing, said to be retired, but no "
-                "audit.retention event of the log names that range",
-            )
-            if self._broken_at is None or first < self._broken_at:
-                self._broken_at = first
+        self._check_retired_ranges()
         events = self._expected
         if self.next_seq is not None and self.next_seq > events:
             self._add(
@@ -314,6 +328,42 @@ class LogVerifier:
             findings=tuple(sorted(self._findings)),
             retired=self._retired_seen,
         )
+
+    def _check_retired_ranges(self) -> None:
+        """Every range said to be retired is named by an audit.retention event of the log, the
+        ranges do not overlap, and each is a whole month: the events kept on either side were
+        recorded outside the month its event names, so no single event can be cut out and
+        passed off as a retired month."""
+        claimed = sorted(set(self.retired))
+        for (_, end), (first, _) in itertools.pairwise(claimed):
+            if first < end:
+                self._add(first, Problem.REMOVED, f"retired ranges overlap at seq {first}")
+        for first, end in claimed:
+            problem = None
+            if (first, end) not in self._named:
+                problem = "no audit.retention event of the log names that range"
+            elif (month := self._months.get((first, end))) is not None:
+                before, after = self._beside.get(first - 1), self._beside.get(end)
+                if (
+                    before is not None
+                    and month.recorded_from is not None
+                    and (before >= month.recorded_from)
+                ):
+                    problem = f"seq {first - 1}, kept, was recorded inside that month"
+                elif (
+                    after is not None
+                    and month.recorded_until is not None
+                    and (after < month.recorded_until)
+                ):
+                    problem = f"seq {end}, kept, was recorded inside that month"
+            if problem is not None:
+                self._add(
+                    first,
+                    Problem.REMOVED,
+                    f"seqs {first} to {end - 1} are missing, said to be retired, but {problem}",
+                )
+                if self._broken_at is None or first < self._broken_at:
+                    self._broken_at = first
 
     def _explain_mismatches(self) -> None:
         """Say what each row whose content no longer matches its stored leaf hash is: a row
@@ -382,16 +432,54 @@ class LogVerifier:
             )
 
 
-def retention_range(payload_json: str | None) -> tuple[int, int] | None:
-    """The [first_seq, end_seq) an audit.retention event's payload names, if it names one."""
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What an audit.retention event says: the range it retired, recorded from `recorded_from`
+    (None: the start of the log) until `recorded_until`, and every range retired so far."""
+
+    first_seq: int
+    end_seq: int
+    recorded_from: datetime | None
+    recorded_until: datetime | None
+    retired: tuple[tuple[int, int], ...]
+
+
+def _seq_range(value: Any) -> tuple[int, int] | None:
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and 0 <= value[0] < value[1]
+    ):
+        return value[0], value[1]
+    return None
+
+
+def _instant(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def retention(payload_json: str | None) -> Retention | None:
+    """An audit.retention event's payload, read; None if it is not one."""
     try:
         payload = orjson.loads(payload_json or "")
-        first, end = payload["first_seq"], payload["end_seq"]
+        own = _seq_range([payload["first_seq"], payload["end_seq"]])
     except (ValueError, TypeError, KeyError):
         return None
-    if not (isinstance(first, int) and isinstance(end, int) and 0 <= first < end):
+    if own is None:
         return None
-    return first, end
+    listed = payload.get("retired") or [list(own)]
+    ranges = tuple(r for r in map(_seq_range, listed) if r is not None)
+    return Retention(
+        own[0],
+        own[1],
+        _instant(payload.get("recorded_from")),
+        _instant(payload.get("recorded_until")),
+        tuple(sorted({*ranges, own})),
+    )
 
 
 def _runs(origin: dict[int, int]) -> Iterable[tuple[int, int, int]]:

@@ -182,18 +182,25 @@ def retention_record(
     partition: str,
     first_seq: int,
     end_seq: int,
+    recorded_from: datetime | None,
+    recorded_until: datetime,
+    retired: Sequence[tuple[int, int]],
     export_sha256: str,
     requested_by: str,
     at: datetime,
 ) -> AuditRecord:
     """An `audit.retention` event: the month whose events [first_seq, end_seq) were detached
-    from the log, and the export that holds them. Verification accepts their absence only
-    inside a range such an event names."""
+    from the log (recorded from `recorded_from`, None for the start, until `recorded_until`),
+    the export that holds them, and every range retired so far, this one included: the
+    latest such event is never in a retired month, so it alone says what may be missing."""
     payload = {
         "partition": partition,
         "first_seq": first_seq,
         "end_seq": end_seq,
         "events": end_seq - first_seq,
+        "recorded_from": None if recorded_from is None else recorded_from.isoformat(),
+        "recorded_until": recorded_until.isoformat(),
+        "retired": [[first, end] for first, end in retired],
         "export_sha256": export_sha256,
         "requested_by": requested_by,
     }

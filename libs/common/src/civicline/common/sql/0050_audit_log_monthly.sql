@@ -1,5 +1,6 @@
 -- The audit log is partitioned by month of recorded_at (UTC), so a month can be vacuumed,
--- indexed, archived or detached on its own (docs/audit-log.md, "Partitions and retention").
+-- indexed, archived or detached on its own (docs/audit-log.md, "Partitions by month" and
+-- "Retention").
 --
 -- Postgres requires every unique constraint of a partitioned table to contain the partition
 -- key, so the log itself can only enforce (seq, recorded_at). What 0001's PRIMARY KEY (seq)
@@ -113,7 +114,7 @@ ALTER TABLE audit_event_id ENABLE ALWAYS TRIGGER audit_event_id_refuse_truncate;
 --    neither readers nor writers of the log, and gives it its own TRUNCATE trigger.
 CREATE FUNCTION audit_log_add_partition(name text, low timestamptz, high timestamptz)
 RETURNS void
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format(
         'CREATE TABLE %I (LIKE audit_log INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
@@ -128,12 +129,10 @@ BEGIN
 END
 $$;
 
--- audit_log_ensure_months(at): the partitions of at's month (UTC) and the next exist
--- afterwards. The writer calls it with its clock under the log lock, so a batch never finds
--- its month missing and each month is made a month ahead. It runs as the log's owner (the
--- writer may not create tables); a month already made costs two catalog lookups.
-CREATE FUNCTION audit_log_ensure_months(at timestamptz) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+-- audit_log_ensure_months_at(at): the partitions of at's month (UTC) and the next exist
+-- afterwards; a month already made costs two catalog lookups. The owner's, for any month.
+CREATE FUNCTION audit_log_ensure_months_at(at timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
     month_start timestamptz;
     name        text;
@@ -161,11 +160,39 @@ BEGIN
 END
 $$;
 
+-- audit_log_ensure_months(): this month and the next exist afterwards, by the server's clock
+-- (the caller names no month, so the writer cannot have old or far-off months made). The
+-- writer calls it under the log lock, right after reading that same clock, so a batch never
+-- finds its month missing and each month is made a month ahead. It runs as the log's owner,
+-- since the writer may not create tables; waiting for the attach lock (an ANALYZE of the
+-- whole log holds it) is bounded, and a batch that times out is retried.
+CREATE FUNCTION audit_log_ensure_months() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '5s' AS $$
+BEGIN
+    PERFORM audit_log_ensure_months_at(clock_timestamp());
+END
+$$;
+
+-- Both resolve names in this schema alone, pg_temp last: a caller's temporary tables never
+-- stand in for the log.
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION audit_log_ensure_months_at(timestamptz) '
+                   'SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION audit_log_ensure_months() '
+                   'SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION audit_log_add_partition(text, timestamptz, timestamptz) '
+                   'SET search_path = %I, pg_temp', current_schema());
+END
+$$;
+
 -- 5. The legacy rows, if any, become one partition up to just after the last of them; the
 --    rest of that month gets a partition of its own, named for the month as every later one.
 DO $$
 DECLARE
     last_recorded timestamptz;
+    bound         timestamptz;
+    month_end     timestamptz;
 BEGIN
     SELECT max(recorded_at) INTO last_recorded FROM audit_log_legacy;
     IF last_recorded IS NULL THEN
@@ -174,18 +201,21 @@ BEGIN
         EXECUTE format(
             'ALTER TABLE audit_log ATTACH PARTITION audit_log_legacy '
             'FOR VALUES FROM (MINVALUE) TO (%L)', last_recorded + interval '1 microsecond');
-        PERFORM audit_log_add_partition(
-            'audit_log_' || to_char(last_recorded AT TIME ZONE 'UTC', 'YYYY_MM'),
-            last_recorded + interval '1 microsecond',
-            (date_trunc('month', last_recorded AT TIME ZONE 'UTC') + interval '1 month')
-                AT TIME ZONE 'UTC');
+        bound := last_recorded + interval '1 microsecond';
+        month_end := (date_trunc('month', last_recorded AT TIME ZONE 'UTC')
+                      + interval '1 month') AT TIME ZONE 'UTC';
+        IF bound < month_end THEN  -- else the last row ended its month to the microsecond
+            PERFORM audit_log_add_partition(
+                'audit_log_' || to_char(last_recorded AT TIME ZONE 'UTC', 'YYYY_MM'),
+                bound, month_end);
+        END IF;
     END IF;
 END
 $$;
 
 -- 6. Owners and grants as 0005 and 0030 set them for the other audit tables. The partitions
---    and the functions that make them belong to the log's owner; only the writer may call
---    audit_log_ensure_months, and nobody calls audit_log_add_partition but it.
+--    and the functions that make them belong to the log's owner; the writer may call
+--    audit_log_ensure_months() and nothing else of them.
 DO $$
 DECLARE
     partition regclass;
@@ -204,7 +234,8 @@ BEGIN
         END LOOP;
         ALTER FUNCTION audit_log_add_partition(text, timestamptz, timestamptz)
             OWNER TO civicline_owner;
-        ALTER FUNCTION audit_log_ensure_months(timestamptz) OWNER TO civicline_owner;
+        ALTER FUNCTION audit_log_ensure_months_at(timestamptz) OWNER TO civicline_owner;
+        ALTER FUNCTION audit_log_ensure_months() OWNER TO civicline_owner;
     END IF;
 END
 $$;
@@ -213,8 +244,9 @@ REVOKE ALL ON audit_log, audit_event_id FROM PUBLIC;
 GRANT SELECT, INSERT ON audit_log, audit_event_id TO civicline_writer;
 GRANT SELECT ON audit_log, audit_event_id TO civicline_auditor;
 REVOKE ALL ON FUNCTION audit_log_add_partition(text, timestamptz, timestamptz) FROM PUBLIC;
-REVOKE ALL ON FUNCTION audit_log_ensure_months(timestamptz) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION audit_log_ensure_months(timestamptz) TO civicline_writer;
+REVOKE ALL ON FUNCTION audit_log_ensure_months_at(timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit_log_ensure_months() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_log_ensure_months() TO civicline_writer;
 
 -- 7. This month and the next, made now, as the writer would.
-SELECT audit_log_ensure_months(clock_timestamp());
+SELECT audit_log_ensure_months();
