@@ -14,9 +14,8 @@ from civicline.audit.adapters import append_records, sign_tree_head
 from civicline.audit.auditor import verify_database
 from civicline.audit.checkpoint import Signer
 from civicline.audit.core import AuditRecord
-from civicline.common import migrate as migrations
 from support.audit_api import KEYS
-from support.audit_logs import fresh_database, migrate_below, write_v1_rows
+from support.audit_logs import old_log_migrated
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +42,7 @@ def citizen_events(count: int) -> list[AuditRecord]:
 
 
 async def test_v1_rows_then_sealed_v2_rows_verify_and_match_the_sql_leaf() -> None:
-    async with fresh_database("v2", migrate=False) as url:
-        connection = await asyncpg.connect(url)
-        try:
-            await migrate_below(connection, 30)
-            await write_v1_rows(connection, 5, AT)
-            await migrations.migrate(connection)
-        finally:
-            await connection.close()
-
+    async with old_log_migrated("v2", 5, AT, written_before=30) as url:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
         try:
             appended = await append_records(pool, citizen_events(12), KEYS)

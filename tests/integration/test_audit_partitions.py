@@ -20,13 +20,11 @@ from civicline.audit.adapters import append_batch, append_records, sign_tree_hea
 from civicline.audit.auditor import verify_database
 from civicline.audit.checkpoint import Signer
 from civicline.audit.core import AuditRecord
-from civicline.common import migrate as migrations
 from support.audit_logs import (
     database_url_as,
     fresh_database,
-    migrate_below,
+    old_log_migrated,
     sample_records,
-    write_v1_rows,
 )
 
 pytestmark = pytest.mark.integration
@@ -59,14 +57,7 @@ def this_month_and_next() -> list[str]:
 async def upgraded_url() -> AsyncIterator[str]:
     """A log of 12 events written before 0050 (recorded from 30 May 23:59:50 to 31 May
     00:00:01), then migrated."""
-    async with fresh_database("upgrade50", migrate=False) as url:
-        connection = await asyncpg.connect(url)
-        try:
-            await migrate_below(connection, 50)
-            await write_v1_rows(connection, 12, MAY)
-            await migrations.migrate(connection)
-        finally:
-            await connection.close()
+    async with old_log_migrated("upgrade50", 12, MAY, written_before=50) as url:
         yield url
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from civicline.audit.adapters import append_batch
 from civicline.audit.api import FIRST_RECORDED_FROM
-from civicline.audit.auditor import COLUMNS
+from civicline.audit.auditor import COLUMNS, EVENT_AT, SEQ_OF_EVENT, event_row
 from civicline.audit.core import AuditRecord
 from civicline.audit.query import EventFilter, page_sql
 from support.audit_api import KEYS
@@ -193,3 +193,20 @@ async def test_an_export_of_a_day_reads_only_the_months_from_that_day_on(
     assert [name for name in read if name.startswith("audit_log_2026_09")], read
     # September's copy was recorded one event a second from midnight: 7,200 events before 2:00
     assert await connection.fetchval(FIRST_RECORDED_FROM, two_in_the_morning) == (2 * EVENTS + 7200)
+
+
+async def test_an_event_is_found_by_its_id_through_two_index_lookups(
+    connection: asyncpg.Connection,
+) -> None:
+    """GET /v1/events/<event id>: the months have no index on event_id (a scan of each would
+    read the whole log), so the id is looked up in audit_event_id, then the row by its seq."""
+    event_id = uuid.UUID(int=78)  # records() numbers event ids from 1: seq 77
+    for sql, argument in ((SEQ_OF_EVENT, event_id), (EVENT_AT, 77)):
+        [plan] = orjson.loads(
+            await connection.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", argument)
+        )
+        assert rows_read(plan["Plan"]) <= 10, plan
+    row = await event_row(connection, event_id)
+    assert row is not None
+    assert (row["seq"], row["event_id"]) == (77, event_id)
+    assert await event_row(connection, uuid.UUID(int=10**9)) is None

@@ -24,14 +24,12 @@ from civicline.audit.auditor import (
 )
 from civicline.audit.checkpoint import Signer
 from civicline.audit.verify import Problem
-from civicline.common import migrate as migrations
 from support.audit_logs import (
     fresh_database,
-    migrate_below,
+    old_log_migrated,
     run_audit_cli,
     sample_records,
     write_history,
-    write_v1_rows,
 )
 
 pytestmark = pytest.mark.integration
@@ -45,14 +43,7 @@ OLD, NEW = 20, 30  # events recorded in May (before 0050), and now
 async def log_url() -> AsyncIterator[str]:
     """20 events recorded in May, in the partition audit_log_legacy, then 30 recorded now,
     and a signed head over all 50."""
-    async with fresh_database("retire", migrate=False) as url:
-        connection = await asyncpg.connect(url)
-        try:
-            await migrate_below(connection, 50)
-            await write_v1_rows(connection, OLD, MAY)
-            await migrations.migrate(connection)
-        finally:
-            await connection.close()
+    async with old_log_migrated("retire", OLD, MAY, written_before=50) as url:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
         try:
             await append_batch(pool, sample_records(NEW))
@@ -193,14 +184,7 @@ async def test_a_month_that_cannot_be_retired_stays(
 
 
 async def test_a_month_no_signed_head_covers_yet_stays(tmp_path: Path) -> None:
-    async with fresh_database("retire-unsigned", migrate=False) as url:
-        connection = await asyncpg.connect(url)
-        try:
-            await migrate_below(connection, 50)
-            await write_v1_rows(connection, OLD, MAY)
-            await migrations.migrate(connection)
-        finally:
-            await connection.close()
+    async with old_log_migrated("retire-unsigned", OLD, MAY, written_before=50) as url:
         with pytest.raises(retention.RetentionError, match="civicline-audit checkpoint"):
             await retire(url, "audit_log_legacy", tmp_path / "out.ndjson")
         assert not (tmp_path / "out.ndjson").exists()

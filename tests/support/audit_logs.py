@@ -80,7 +80,7 @@ async def migrate_below(connection: asyncpg.Connection, version: int) -> None:
         await migrations.migrate(connection)
 
 
-async def write_v1_rows(connection: asyncpg.Connection, count: int, at: datetime) -> None:
+async def _write_v1_rows(connection: asyncpg.Connection, count: int, at: datetime) -> None:
     """`count` rows exactly as the writer before migration 0030 stored them (encoding v1, with
     the leaf it computed), recorded a second apart from `at`, into a log migrated below 0030."""
     for seq in range(count):
@@ -154,6 +154,23 @@ async def write_history(
             leaf,
         )
     await connection.execute("UPDATE audit_log_state SET next_seq = $1", first + len(events))
+
+
+@asynccontextmanager
+async def old_log_migrated(
+    label: str, rows: int, at: datetime, *, written_before: int
+) -> AsyncIterator[str]:
+    """A new database whose log got `rows` events, recorded a second apart from `at`, from
+    the writer of before migration `written_before` (encoding v1), then every migration."""
+    async with fresh_database(label, migrate=False) as url:
+        connection = await asyncpg.connect(url)
+        try:
+            await migrate_below(connection, written_before)
+            await _write_v1_rows(connection, rows, at)
+            await migrations.migrate(connection)
+        finally:
+            await connection.close()
+        yield url
 
 
 @asynccontextmanager

@@ -285,10 +285,7 @@ def verify_retired(
 ) -> Report:
     checker = LogVerifier(SIGNER.verifier, heads, (), SIZE, retired)
     for item in items:
-        if isinstance(item, RetiredLeaf):
-            checker.add_retired(item)
-        else:
-            checker.add(item)
+        checker.feed(item)
     return checker.finish()
 
 

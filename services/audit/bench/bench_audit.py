@@ -142,6 +142,13 @@ async def _api_latencies(url: str, pool: asyncpg.Pool, size: int, samples: int) 
         token_hash(token),
     )
     base = f"{url}/v1"
+    event_ids = [
+        str(row["event_id"])
+        for row in await pool.fetch(
+            "SELECT event_id FROM audit_event_id WHERE seq = ANY($1::bigint[])",
+            random.sample(range(size), min(samples, size)),
+        )
+    ]
     queries: dict[str, Callable[[], tuple[str, dict[str, str]]]] = {
         "events of one citizen": lambda: (
             "/events",
@@ -161,6 +168,10 @@ async def _api_latencies(url: str, pool: asyncpg.Pool, size: int, samples: int) 
             {"correlation_id": f"wamid.{random.randrange(1 << 40)}"},
         ),
         "one event with its inclusion proof": lambda: (f"/events/{random.randrange(size)}", {}),
+        "one event by its id, with its proof": lambda: (
+            f"/events/{random.choice(event_ids)}",
+            {},
+        ),
     }
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
         for label, make in queries.items():

@@ -23,6 +23,8 @@ from aiohttp import web
 from civicline.audit import adapters, merkle, privacy, query
 from civicline.audit.auditor import (
     COLUMNS,
+    ROWS,
+    event_row,
     export_line,
     range_preamble,
     retired_ranges,
@@ -43,7 +45,6 @@ EXPORT_CHUNK = 1000
 # are read (tests/integration/test_audit_query_plans.py).
 FIRST_RECORDED_FROM = """SELECT seq FROM audit_log WHERE recorded_at >= $1
                          ORDER BY recorded_at, seq LIMIT 1"""
-_SELECT = f"SELECT {COLUMNS} FROM audit_log"  # noqa: S608 (constants only)
 # Events about a list of message ids: one index probe per id, whatever the statistics say.
 BY_CORRELATION = (
     f"SELECT {COLUMNS} FROM unnest($1::text[]) AS wanted(id) "  # noqa: S608 (constants only)
@@ -202,7 +203,7 @@ async def get_event(request: web.Request) -> web.Response:
         api.pool.acquire() as connection,
         connection.transaction(isolation="repeatable_read", readonly=True),
     ):
-        row = await connection.fetchrow(f"{_SELECT} WHERE {column} = $1", ref)
+        row = await event_row(connection, ref)
         if row is None:
             await api.record(request, "event", {column: str(ref)}, 0, status=404)
             return _error(404, f"no event {ref} in the log")
@@ -342,7 +343,7 @@ async def export(request: web.Request) -> web.StreamResponse:
         await response.write(b"".join(orjson.dumps(line) + b"\n" for line in lines))
         chunk: list[asyncpg.Record] = []
         cursor = connection.cursor(
-            f"{_SELECT} WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+            f"{ROWS} WHERE seq >= $1 AND seq < $2 ORDER BY seq",
             first,
             end,
             prefetch=EXPORT_CHUNK,

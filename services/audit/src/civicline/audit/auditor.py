@@ -42,6 +42,9 @@ COLUMNS = """seq, event_id, kind, occurred_at, recorded_at, correlation_id, sche
              payload::text AS payload, raw_body, signature, leaf_hash, leaf_version, intent,
              subjects, key_ids, sealed_payload"""
 ROWS = f"SELECT {COLUMNS} FROM audit_log"  # noqa: S608 (constants only)
+# An event by its id: the log's months have no index on event_id, audit_event_id has.
+SEQ_OF_EVENT = "SELECT seq FROM audit_event_id WHERE event_id = $1"
+EVENT_AT = f"{ROWS} WHERE seq = $1"
 
 
 class ExportError(ValueError):
@@ -123,6 +126,18 @@ async def _stored_heads(connection: asyncpg.Connection) -> list[StoredHead]:
     ]
 
 
+async def event_row(connection: asyncpg.Connection, ref: int | uuid.UUID) -> asyncpg.Record | None:
+    """The log's row of one event, by seq or by event id; None if the log holds no such row.
+    audit_event_id only finds the seq: the row itself must say it is that event."""
+    seq = await connection.fetchval(SEQ_OF_EVENT, ref) if isinstance(ref, uuid.UUID) else ref
+    if seq is None:
+        return None
+    row = await connection.fetchrow(EVENT_AT, seq)
+    if row is None or (isinstance(ref, uuid.UUID) and row["event_id"] != ref):
+        return None
+    return row
+
+
 async def range_preamble(
     connection: asyncpg.Connection, first: int, end: int, next_seq: int, head: TreeHead | None
 ) -> list[dict[str, Any]]:
@@ -191,13 +206,6 @@ async def log_items(
             yield leaf
 
 
-def feed(checker: LogVerifier, item: StoredEntry | RetiredLeaf) -> None:
-    if isinstance(item, RetiredLeaf):
-        checker.add_retired(item)
-    else:
-        checker.add(item)
-
-
 async def verify_database(
     database_url: str, verifier: Verifier, saved_checkpoints: tuple[str, ...] = ()
 ) -> Report:
@@ -208,12 +216,10 @@ async def verify_database(
             verifier, await _stored_heads(connection), saved_checkpoints, next_seq, retired
         )
         async for item in log_items(connection, retired):
-            feed(
-                checker,
-                item
-                if isinstance(item, RetiredLeaf)
-                else StoredEntry(row_entry(item), item["leaf_hash"]),
-            )
+            if isinstance(item, RetiredLeaf):
+                checker.add_retired(item)
+            else:
+                checker.add(StoredEntry(row_entry(item), item["leaf_hash"]))
     return checker.finish()
 
 
@@ -383,7 +389,7 @@ def verify_export(
         verifier, export.heads, saved_checkpoints, export.next_seq, export.retired
     )
     for item in export.entries():
-        feed(checker, item)
+        checker.feed(item)
     return checker.finish()
 
 
@@ -423,18 +429,12 @@ async def check_inclusion(
     """
     checkpoint = open_checkpoint(checkpoint_note, verifier)
     async with _snapshot(database_url) as connection:
-        if seq is None:
-            seq = await connection.fetchval(
-                "SELECT seq FROM audit_event_id WHERE event_id = $1", event_id
-            )
-            if seq is None:
-                raise merkle.ProofError(f"no event {event_id} in the log")
-        row = await connection.fetchrow(f"{ROWS} WHERE seq = $1", seq)
+        ref = seq if seq is not None else event_id
+        assert ref is not None, "a seq or an event id"
+        row = await event_row(connection, ref)
         if row is None:
-            raise merkle.ProofError(f"no event at seq {seq} in the log")
-        if event_id is not None and row["event_id"] != event_id:
-            # audit_event_id only finds the row; the row itself must say it is that event.
-            raise merkle.ProofError(f"the row at seq {seq} is not event {event_id}")
+            raise merkle.ProofError(f"no event {ref} in the log")
+        seq = row["seq"]
         proof = await adapters.inclusion_proof(connection, seq, checkpoint.tree_size)
     leaf = entry_leaf_hash(row_entry(row))
     merkle.verify_inclusion(seq, checkpoint.tree_size, leaf, proof, checkpoint.root_hash)

@@ -180,10 +180,9 @@ def page_sql(columns: str, selected: EventFilter, after: int, limit: int) -> tup
         # the whole log (measured: 586 ms median at 1M events; with the log partitioned by
         # month, a merge join over every month's primary key, 41 ms at 200,000). The lateral
         # join, kept from being flattened by its OFFSET 0, leaves it only lookups by seq
-        # (2 ms). The cursor's seq > after stays outside the GIN
-        # scan, or the planner ANDs its bitmap with a bitmap of the whole primary key; so do
-        # the other filters (a kind's bitmap can hold a quarter of the log), tested on the
-        # few rows left.
+        # (2 ms). The cursor's seq > after stays outside the GIN scan, or the planner ANDs its
+        # bitmap with a bitmap of the whole primary key; so do the other filters (a kind's
+        # bitmap can hold a quarter of the log), tested on the few rows left.
         subject, *others = clauses[1:]
         assert subject.startswith("subjects @>"), clauses
         outer = " AND ".join([clauses[0], *others])

@@ -81,10 +81,13 @@ async def _seq_range(
     return row["n"], row["first"], row["end"]
 
 
-async def months(connection: asyncpg.Connection) -> list[Month]:
-    """Every partition of the log, oldest first, with its events and seq range."""
+async def months(connection: asyncpg.Connection, partition: str | None = None) -> list[Month]:
+    """Every partition of the log (or only the one named), oldest first, with its events and
+    seq range. Each is counted: at millions of events a month, name the one you want."""
     found = []
-    for row in await connection.fetch(_MONTHS + " ORDER BY high"):
+    for row in await connection.fetch(
+        _MONTHS + " AND ($1::text IS NULL OR c.relname = $1) ORDER BY high", partition
+    ):
         events, first, end = await _seq_range(connection, row["table_name"])
         found.append(
             Month(
@@ -102,10 +105,10 @@ async def months(connection: asyncpg.Connection) -> list[Month]:
 
 
 async def _month(connection: asyncpg.Connection, partition: str) -> Month:
-    for month in await months(connection):
-        if month.partition == partition:
-            return month
-    raise RetentionError(f"{partition!r} is not a partition of audit_log (see: months)")
+    found = await months(connection, partition)
+    if not found:
+        raise RetentionError(f"{partition!r} is not a partition of audit_log (see: months)")
+    return found[0]
 
 
 async def _export(connection: asyncpg.Connection, first: int, end: int, out: Path) -> None:

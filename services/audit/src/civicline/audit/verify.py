@@ -138,6 +138,7 @@ class LogVerifier:
     _findings: list[Finding] = field(default_factory=list, init=False)
     _named: set[tuple[int, int]] = field(default_factory=set, init=False)
     _months: dict[tuple[int, int], Retention] = field(default_factory=dict, init=False)
+    _edges: frozenset[int] = field(default=frozenset(), init=False)  # kept seqs beside them
     _beside: dict[int, datetime] = field(default_factory=dict, init=False)
     _retired_seen: int = field(default=0, init=False)
     _targets: list[_Target] = field(default_factory=list, init=False)
@@ -150,6 +151,7 @@ class LogVerifier:
     _heads_ok: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
+        self._edges = frozenset(s for first, end in self.retired for s in (first - 1, end))
         for head in self.heads:
             label = f"stored tree head of size {head.tree_size}"
             checkpoint = self._open(head.checkpoint, label, head.tree_size)
@@ -223,7 +225,7 @@ class LogVerifier:
                 self._unexplained += 1
         elif stored.entry.kind == RETENTION_KIND:
             self._note_retention(seq, stored.entry)
-        if any(seq in (first - 1, end) for first, end in self.retired):
+        if seq in self._edges:
             self._beside[seq] = stored.entry.recorded_at
         self._grow(seq, leaf)
 
@@ -243,6 +245,13 @@ class LogVerifier:
             return
         self._named.update(said.retired)
         self._months[said.first_seq, said.end_seq] = said
+
+    def feed(self, item: StoredEntry | RetiredLeaf) -> None:
+        """`add` a row or `add_retired` a leaf, whichever the source gave."""
+        if isinstance(item, RetiredLeaf):
+            self.add_retired(item)
+        else:
+            self.add(item)
 
     def add_retired(self, retired: RetiredLeaf) -> None:
         """Feed the leaf of an event whose row was retired with its month, in seq order among

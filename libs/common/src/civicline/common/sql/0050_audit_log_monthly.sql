@@ -55,39 +55,17 @@ CREATE TRIGGER audit_log_refuse_truncate
 ALTER TABLE audit_log ENABLE ALWAYS TRIGGER audit_log_refuse_update_delete;
 ALTER TABLE audit_log ENABLE ALWAYS TRIGGER audit_log_refuse_truncate;
 
--- The leaf hash function takes a row of the log: re-created for the partitioned table's row
--- type, with 0030's body unchanged.
-DROP FUNCTION audit_leaf_hash(audit_log_legacy);
-CREATE FUNCTION audit_leaf_hash(entry audit_log) RETURNS bytea
-LANGUAGE sql STABLE AS $$
-    SELECT sha256(
-        '\x00'::bytea                                  -- RFC 6962 leaf prefix
-        || substring(int2send(entry.leaf_version) FROM 2 FOR 1)   -- encoding version, u8
-        || int8send(entry.seq)
-        || uuid_send(entry.event_id)
-        || audit_text_bytes(entry.kind)
-        || audit_micros_bytes(entry.occurred_at)
-        || audit_micros_bytes(entry.recorded_at)
-        || audit_text_bytes(entry.correlation_id)
-        || int4send(entry.schema_version)
-        || CASE WHEN entry.leaf_version = 1 THEN
-               audit_text_bytes(entry.payload::text)
-           ELSE
-               CASE WHEN entry.intent IS NULL THEN '\x00'::bytea
-                    ELSE '\x01'::bytea || audit_text_bytes(entry.intent) END
-               || audit_bytes_concat(entry.subjects)
-               || audit_bytes_concat(
-                      ARRAY(SELECT uuid_send(k) FROM unnest(entry.key_ids) WITH ORDINALITY
-                            AS u(k, o) ORDER BY o))
-               || CASE WHEN entry.sealed_payload IS NULL
-                       THEN '\x00'::bytea || audit_text_bytes(entry.payload::text)
-                       ELSE '\x01'::bytea || sha256(entry.sealed_payload) END
-           END
-        || CASE WHEN entry.raw_body IS NULL THEN '\x00'::bytea
-                ELSE '\x01'::bytea || sha256(entry.raw_body) END
-        || CASE WHEN entry.signature IS NULL THEN '\x00'::bytea
-                ELSE '\x01'::bytea || audit_text_bytes(entry.signature) END)
+-- The leaf hash function takes a row of the log, so it followed the old table's rename. It is
+-- re-created for the partitioned table's row type from its own definition (0030's, the one
+-- statement of the encoding in SQL), and the old one dropped.
+DO $$
+BEGIN
+    EXECUTE replace(
+        pg_get_functiondef('audit_leaf_hash(audit_log_legacy)'::regprocedure),
+        '(entry audit_log_legacy)', '(entry audit_log)');
+END
 $$;
+DROP FUNCTION audit_leaf_hash(audit_log_legacy);
 
 -- 3. One row per logged event: seq and event_id unique across every partition, and the
 --    leaf hash, which stays when a month is retired (detached and archived): proofs of the
