@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import random
 import secrets
@@ -23,6 +24,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,7 +53,9 @@ ADMIN_URL = os.environ.get(
 
 CITIZENS = 50_000
 KINDS = ("message.voting", "outbound.sent", "status.delivered", "status.read")
-KEYS = PrivacyKeys.from_secrets(secrets.token_hex(32), secrets.token_hex(32))
+# Fresh for each run; --processes hands them to each writer process.
+SECRETS = (secrets.token_hex(32), secrets.token_hex(32))
+KEYS = PrivacyKeys.from_secrets(*SECRETS)
 
 
 def citizen(n: int) -> str:
@@ -124,6 +128,57 @@ async def append_all(
 
     await asyncio.gather(*(writer() for _ in range(writers)))
     return events / (time.perf_counter() - started)
+
+
+def _append_in_process(
+    url: str,
+    events: int,
+    batch: int,
+    writers: int,
+    secret_pair: tuple[str, str] | None,
+    start: float,
+) -> float:
+    """One audit replica's share of the appends, in a process of its own; returns when it
+    finished (time.time(), comparable across processes)."""
+
+    async def run() -> None:
+        keys = None if secret_pair is None else PrivacyKeys.from_secrets(*secret_pair)
+        pool = await asyncpg.create_pool(url, min_size=writers, max_size=writers + 1)
+        try:
+            await asyncio.sleep(max(0.0, start - time.time()))  # every process starts together
+            await append_all(pool, events, batch, writers, keys)
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+    return time.time()
+
+
+async def append_in_processes(
+    url: str, events: int, batch: int, writers: int, processes: int, in_clear: bool
+) -> float:
+    """Appends from `processes` processes at once, as that many audit replicas would."""
+    context = multiprocessing.get_context("spawn")
+    start = time.time() + 3  # time for the processes to import and connect
+    share = events // processes
+    with ProcessPoolExecutor(processes, mp_context=context) as executor:
+        loop = asyncio.get_running_loop()
+        finished = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    executor,
+                    _append_in_process,
+                    url,
+                    share,
+                    batch,
+                    writers,
+                    None if in_clear else SECRETS,
+                    start,
+                )
+                for _ in range(processes)
+            )
+        )
+    return share * processes / (max(finished) - start)
 
 
 async def api_latencies(database_url: str, size: int, samples: int) -> None:
@@ -202,7 +257,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument("--writers", type=int, default=2, help="concurrent batches per process")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="writer processes, as audit replicas are"
+    )
     parser.add_argument("--proofs", type=int, default=200)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--skip-verify", action="store_true")
@@ -221,9 +279,17 @@ async def main() -> None:
         await migrate(connection)
         pool = await asyncpg.create_pool(url, min_size=args.writers, max_size=args.writers + 1)
 
-        print(f"appending {args.events} events, batches of {args.batch}, {args.writers} writers")
+        print(
+            f"appending {args.events} events, batches of {args.batch}, {args.writers} writers"
+            f" in each of {args.processes} processes"
+        )
         keys = None if args.in_clear else KEYS
-        rate = await append_all(pool, args.events, args.batch, args.writers, keys)
+        if args.processes > 1:
+            rate = await append_in_processes(
+                url, args.events, args.batch, args.writers, args.processes, args.in_clear
+            )
+        else:
+            rate = await append_all(pool, args.events, args.batch, args.writers, keys)
         print(f"append rate: {rate:.0f} events/s")
 
         signer = Signer.generate("bench.civicline.example/audit")
