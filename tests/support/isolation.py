@@ -164,6 +164,19 @@ async def drop_abandoned_environments() -> list[str]:
     return dropped
 
 
+def queue_counts(vhost: str) -> dict[str, tuple[int, int]]:
+    """Each queue of the vhost: (ready, unacknowledged), as the broker counts them (a passive
+    declare reports only the ready ones)."""
+    listed = _rabbitmqctl(
+        "list_queues", "-p", vhost, "--silent", "name", "messages_ready", "messages_unacknowledged"
+    )
+    counts = {}
+    for line in listed.splitlines():
+        name, ready, unacknowledged = line.split()
+        counts[name] = (int(ready), int(unacknowledged))
+    return counts
+
+
 def add_vhost(name: str) -> None:
     _rabbitmqctl("add_vhost", name)
 
