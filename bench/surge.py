@@ -197,9 +197,11 @@ async def amqp_ceilings(amqp_url: str, seconds: float) -> tuple[dict[str, float]
         done = asyncio.Event()
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            # One `multiple` ack per 64 deliveries, as the services' consumers ack together
             nonlocal consumed
-            await message.ack()
             consumed += 1
+            if consumed % 64 == 0 or consumed >= published:
+                await message.ack(multiple=True)
             if consumed >= published:
                 done.set()
 
