@@ -14,8 +14,8 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from civicline.common.amqp import Broker, Consumer
-from civicline.common.topology import EXCHANGE, HANDOFF_REQUESTS, declare, handoff_key
-from support.amqp_probe import consume_one
+from civicline.common.topology import EXCHANGE, HANDOFF_REQUESTS, handoff_key
+from support.amqp_probe import consume_one, probe_channel
 from support.isolation import Environment, EnvironmentFactory, queue_counts
 
 pytestmark = pytest.mark.integration
@@ -28,11 +28,7 @@ async def environment(environment_for_test: EnvironmentFactory) -> Environment:
 
 @pytest.fixture
 async def channel(environment: Environment) -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect(environment.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=1)
-        await declare(channel)
+    async with probe_channel(environment.amqp_url) as channel:
         yield channel
 
 

@@ -21,7 +21,7 @@ from civicline.common.topology import (
     ROUTER_INBOUND,
     declare,
 )
-from support.amqp_probe import consume_one
+from support.amqp_probe import consume_one, probe_channel
 from support.isolation import EnvironmentFactory
 
 pytestmark = pytest.mark.integration
@@ -30,11 +30,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def channel(environment_for_test: EnvironmentFactory) -> AsyncIterator[AbstractChannel]:
     environment = await environment_for_test("topology")
-    connection = await aio_pika.connect(environment.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=1)
-        await declare(channel)
+    async with probe_channel(environment.amqp_url) as channel:
         yield channel
 
 

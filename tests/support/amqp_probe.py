@@ -4,8 +4,25 @@ responder.messages) refuse basic.get, so tests subscribe like a consumer would."
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from civicline.common.topology import declare
+
+
+@asynccontextmanager
+async def probe_channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
+    """A test's own channel on the declared topology, taking one message at a time (for
+    `consume_one`)."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1)
+        await declare(channel)
+        yield channel
 
 
 async def consume_one(
