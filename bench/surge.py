@@ -158,6 +158,30 @@ class Drill:
             await asyncio.sleep(0.2)
 
 
+# The responder's catalog ------------------------------------------------------------------
+
+CATALOG = ROOT / "services" / "responder" / "src" / "civicline" / "responder" / "catalog.toml"
+
+
+OFFICE_SAYS = {
+    "closed": "office closed (an away notice follows each new conversation's first reply)",
+    "open": "office open (no away notices)",
+}
+
+
+def drill_catalog(text: str, office: str) -> str:
+    """The shipped catalog with its office always closed (every new conversation also gets
+    the away notice, a second send) or open (none), so the drill's load does not depend on
+    the hour in Seoul when it runs. The office table comes last in the catalog."""
+    start = text.index("\n[office]\n")
+    if office == "open":
+        return text[: start + 1]
+    hours = text.index("\n[office.hours]\n", start)
+    away = text.index("\n[office.away.", hours)
+    # An hours table naming no day: closed every day.
+    return text[: hours + 1] + "[office.hours]\n" + text[away:]
+
+
 # Ceilings ---------------------------------------------------------------------------------
 
 
@@ -507,11 +531,16 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
 
+        catalog = log_dir / f"catalog-office-{args.office}.toml"
+        catalog.write_text(drill_catalog(CATALOG.read_text(encoding="utf-8"), args.office))
         pipeline = Pipeline(
             environment,
             simulator_url,
             log_dir,
-            extra_env={"RESPONDER_SEND_RATE": str(SEND_RATE)},
+            extra_env={
+                "RESPONDER_SEND_RATE": str(SEND_RATE),
+                "RESPONDER_CATALOG_PATH": str(catalog),
+            },
         )
         pipeline.start("ingress")
         await pipeline.wait_ready("ingress")
@@ -636,6 +665,7 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
                 "step_seconds": args.step_seconds,
                 "status_webhooks": not args.no_statuses,
                 "responder_send_rate": SEND_RATE,
+                "office": args.office,
                 "server_autovacuum": autovacuum,
                 "vacuum_analyze_runs_s": maintenance_runs,
                 "bounds": {
@@ -811,7 +841,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"{machine['cores']} cores, Python {machine['python']}, RabbitMQ {machine['rabbitmq']},"
         f" {machine['postgres']}; RESPONDER_SEND_RATE={result['settings']['responder_send_rate']},"
-        f" {result['settings']['step_seconds']:g} s per step.",
+        f" {result['settings']['step_seconds']:g} s per step,"
+        f" {OFFICE_SAYS[result['settings']['office']]}.",
         ""
         if result["settings"]["server_autovacuum"]
         else "The server's autovacuum is off: the drill ran VACUUM (ANALYZE) on its database every"
@@ -936,6 +967,13 @@ def main() -> None:
         "--no-statuses",
         action="store_true",
         help="send no status webhooks back: citizen messages only (the issue's second target)",
+    )
+    parser.add_argument(
+        "--office",
+        choices=("closed", "open"),
+        default="closed",
+        help="the responder's office hours during the drill: closed (default; each new"
+        " conversation also gets the away notice, as on election night) or open",
     )
     parser.add_argument(
         "--profile",
