@@ -27,6 +27,7 @@ import asyncpg
 import orjson
 import pytest
 
+from civicline.common.topology import campaign_callback
 from civicline.simulator import interactive_reply_webhook, status_webhook, text_message_webhook
 from civicline.simulator.webhooks import DEFAULT_PHONE_NUMBER_ID
 from support.isolation import EnvironmentFactory
@@ -357,7 +358,13 @@ async def test_a_campaign_to_50000_citizens_sends_each_once_within_the_limit_and
     )
     statuses = []
     for index, row in enumerate(sample):
-        receipt = {"wamid": row["wamid"], "recipient_id": row["wa_id"]}
+        # Meta repeats the callback data each campaign message was sent with; it is what
+        # routes these statuses (and not those of replies) to the responder.
+        sends = await replies_to(simulator_url, row["wa_id"])
+        [sent] = [send for send in sends if send["wamid"] == row["wamid"]]
+        callback = sent["body"]["biz_opaque_callback_data"]
+        assert callback == campaign_callback(campaign_id)
+        receipt = {"wamid": row["wamid"], "recipient_id": row["wa_id"], "callback_data": callback}
         if index < 20:
             statuses.append(status_webhook(status="delivered", **receipt))
         if index < 10:

@@ -14,10 +14,12 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from civicline.common.topology import (
+    AUDIT_EVENTS,
     DELIVERY_LIMIT,
     EXCHANGE,
     HANDOFF_REQUESTS,
     QUEUES,
+    RESPONDER_STATUSES,
     ROUTER_INBOUND,
     declare,
 )
@@ -95,3 +97,25 @@ async def test_hand_offs_wait_in_their_own_durable_queue(channel: AbstractChanne
     message = await get_one(channel, HANDOFF_REQUESTS.name)
     assert message.body == b"a citizen reports abuse"
     await message.ack()
+
+
+async def test_only_statuses_of_campaign_messages_reach_the_responder(
+    channel: AbstractChannel,
+) -> None:
+    # As a release before 2026-11 left it: every status bound to the responder's queue.
+    exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+    statuses = await channel.get_queue(RESPONDER_STATUSES.name, ensure=False)
+    await statuses.bind(exchange, routing_key="status.#")
+    await declare(channel)  # unbinds it; declaring again, with nothing to unbind, is harmless
+    await declare(channel)
+
+    await publish(channel, "status.read", b"a reply was read")
+    await publish(channel, "status.read.campaign", b"a flood warning was read")
+    campaign = await get_one(channel, RESPONDER_STATUSES.name)
+    assert campaign.body == b"a flood warning was read"
+    await campaign.ack()
+    assert await consume_one(channel, RESPONDER_STATUSES.name, timeout=1.0) is None
+    audited = [await get_one(channel, AUDIT_EVENTS.name) for _ in range(2)]
+    assert sorted(m.body for m in audited) == [b"a flood warning was read", b"a reply was read"]
+    for message in audited:
+        await message.ack()

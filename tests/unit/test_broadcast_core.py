@@ -242,8 +242,12 @@ def test_each_citizen_gets_their_language_or_the_fallback() -> None:
     assert template_language(spec, "en-GB") == "en_US"
     assert template_language(spec, "fr") == "en_US"
     assert template_language(spec, None) == "en_US"
-    message = template_message(spec, "821012345678", "ko")
+    campaign_id = uuid.UUID("0b6d8f0e-3f39-4c1e-9a55-1f3a2c7e9d10")
+    message = template_message(campaign_id, spec, "821012345678", "ko")
     assert message["to"] == "821012345678"
+    # Meta repeats it in the message's statuses: they are routed to the responder by it
+    assert message["biz_opaque_callback_data"] == f"civicline.campaign:{campaign_id}"
+    assert len(message["biz_opaque_callback_data"]) <= 512
     assert message["template"] == {
         "name": "flood_warning",
         "language": {"code": "ko"},

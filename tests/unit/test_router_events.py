@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import orjson
+
 from civicline.common.envelope import Envelope
-from civicline.router.core import DeliveryStatus, InboundMessage, Route
+from civicline.common.topology import event_routing_key
+from civicline.router.core import DeliveryStatus, InboundMessage, Route, parse_webhook
 from civicline.router.events import (
     ContactState,
     apply_message,
@@ -15,6 +18,7 @@ from civicline.router.events import (
     routed_events,
     status_event,
 )
+from civicline.simulator import status_webhook
 
 T0 = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
 
@@ -80,6 +84,26 @@ def test_unknown_delivery_states_do_not_shape_routing_keys() -> None:
     assert status_event(status, raw_event_id="r").kind == "status.other"
     read = dataclasses.replace(status, status="read")
     assert status_event(read, raw_event_id="r").kind == "status.read"
+
+
+def test_a_status_of_a_campaign_message_is_routed_apart_from_those_of_replies() -> None:
+    body = status_webhook(
+        wamid="wamid.C",
+        status="delivered",
+        recipient_id="821052347781",
+        callback_data="civicline.campaign:5c6f9d4e-8a0b-4f3e-9d2a-7b1c0e4f6a11",
+    )
+    [campaign] = parse_webhook(orjson.loads(body), received_at=T0).statuses
+    event = status_event(campaign, raw_event_id="r")
+    assert event.kind == "status.delivered"  # what it is, for the audit's filters
+    assert event_routing_key(event.kind, event.payload) == "status.delivered.campaign"
+    reply = dataclasses.replace(campaign, callback_data=None)
+    event = status_event(reply, raw_event_id="r")
+    assert event_routing_key(event.kind, event.payload) == "status.delivered"
+    # Callback data of someone else's making (another app on the number) is not a campaign.
+    other = dataclasses.replace(campaign, callback_data="crm:ticket:41")
+    event = status_event(other, raw_event_id="r")
+    assert event_routing_key(event.kind, event.payload) == "status.delivered"
 
 
 def test_opt_out_and_opt_in_change_the_contact() -> None:

@@ -40,7 +40,7 @@ from civicline.common.failures import (
 )
 from civicline.common.retry import retry_forever
 from civicline.common.settings import redact_url
-from civicline.common.topology import EXCHANGE, QueueSpec, declare
+from civicline.common.topology import EXCHANGE, QueueSpec, declare, event_routing_key
 
 log = structlog.get_logger(__name__)
 
@@ -209,9 +209,9 @@ class Publisher:
             content_type=content_type,
             timestamp=timestamp,
             headers={
+                KIND_HEADER: routing_key,
                 **(headers or {}),
                 CORRELATION_HEADER: correlation_id,
-                KIND_HEADER: routing_key,
             },
         )
         try:
@@ -262,8 +262,9 @@ class Publisher:
 
     async def publish_envelope(self, envelope: Envelope) -> None:
         await self.publish(
-            envelope.kind,
+            event_routing_key(envelope.kind, envelope.payload),
             envelope.encode(),
+            headers={KIND_HEADER: envelope.kind},
             message_id=str(envelope.event_id),
             correlation_id=envelope.correlation_id,
             content_type=CONTENT_TYPE,

@@ -9,6 +9,7 @@ accepted together with `overflow=reject-publish` (RabbitMQ 3.10+).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,28 @@ def handoff_key(team: str) -> str:
     return f"handoff.{team}"
 
 
+# The responder sends each campaign message with `biz_opaque_callback_data` naming its
+# campaign, and Meta repeats it in that message's statuses. The router publishes those as
+# `status.<state>.campaign`: only they go to the responder's status queue, to be joined to
+# their recipients; the statuses of replies (three per reply) go to the audit alone.
+CAMPAIGN_CALLBACK_PREFIX = "civicline.campaign:"
+
+
+def campaign_callback(campaign_id: object) -> str:
+    """The `biz_opaque_callback_data` of a campaign's messages (Meta allows 512 characters)."""
+    return f"{CAMPAIGN_CALLBACK_PREFIX}{campaign_id}"
+
+
+def event_routing_key(kind: str, payload: Mapping[str, Any]) -> str:
+    """Where an event is published: its kind, and for a status of a campaign message
+    `<kind>.campaign` (the `#` and `status.#` bindings still match it)."""
+    if kind.startswith("status."):
+        callback = payload.get("biz_opaque_callback_data")
+        if isinstance(callback, str) and callback.startswith(CAMPAIGN_CALLBACK_PREFIX):
+            return f"{kind}.campaign"
+    return kind
+
+
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
     name: str
@@ -71,6 +94,8 @@ class QueueSpec:
     # One consumer at a time gets the queue's messages, in order; the others stand by and
     # take over if it goes away.
     single_active_consumer: bool = False
+    # Bindings earlier releases made, removed when the topology is declared.
+    retired_binding_keys: tuple[str, ...] = ()
 
     @property
     def dead_letter_queue(self) -> str:
@@ -120,8 +145,14 @@ RESPONDER_MESSAGES = QueueSpec(
 # send schedule; a paused campaign's jobs and those over the messaging tier wait in the delay
 # queues.
 RESPONDER_BROADCASTS = QueueSpec("responder.broadcasts", (BROADCAST_JOB,), retry_delays=(5, 15, 60))
-# Delivery statuses, joined by wamid to the campaign recipient they are about.
-RESPONDER_STATUSES = QueueSpec("responder.statuses", ("status.#",), retry_delays=(2,))
+# Delivery statuses of campaign messages, joined by wamid to the recipient they are about.
+# (Until 2026-11 it took every status, `status.#`: three per reply, none of them its work.)
+RESPONDER_STATUSES = QueueSpec(
+    "responder.statuses",
+    ("status.*.campaign",),
+    retry_delays=(2,),
+    retired_binding_keys=("status.#",),
+)
 AUDIT_EVENTS = QueueSpec("audit.events", ("#",))
 # The inbox of an agency's agent tool or CRM: messages handed to people wait here, durable,
 # whether or not the tool is connected.
@@ -162,6 +193,8 @@ async def declare(channel: AbstractChannel) -> Declared:
             queues[retry.name] = retry
         for key in spec.binding_keys:
             await queue.bind(exchange, routing_key=key)
+        for key in spec.retired_binding_keys:
+            await queue.unbind(exchange, routing_key=key)  # no error if it is not there
         queues[spec.name] = queue
         queues[spec.dead_letter_queue] = dead_letters
     return Declared(exchange=exchange, queues=queues)

@@ -261,7 +261,7 @@ def broadcast_handler(
         # From here a crash leaves the recipient in doubt; before, it is claimed again.
         if not await markings.submit(campaign.id, (wa_id, claimer)):
             return "halted"  # cancelled since the claim
-        message = template_message(campaign.spec, wa_id, language)
+        message = template_message(campaign.id, campaign.spec, wa_id, language)
         try:
             result = await sender.send_now(pnid, message)
         except GraphError as exc:

@@ -25,6 +25,7 @@ from civicline.common.topology import (
     BROADCAST_SENT,
     BROADCAST_SKIPPED,
     broadcast_status_key,
+    campaign_callback,
     campaign_key,
 )
 from civicline.responder.catalog import Reply, Template, to_graph_message
@@ -231,8 +232,12 @@ def template_language(spec: CampaignSpec, citizen_language: str | None) -> str:
     return spec.fallback_language
 
 
-def template_message(spec: CampaignSpec, wa_id: str, language: str) -> dict[str, Any]:
-    """The Graph API body sending the campaign's template to one recipient."""
+def template_message(
+    campaign_id: uuid.UUID, spec: CampaignSpec, wa_id: str, language: str
+) -> dict[str, Any]:
+    """The Graph API body sending the campaign's template to one recipient. It names the
+    campaign in `biz_opaque_callback_data`, which Meta repeats in the message's statuses, so
+    that only those are routed to the responder to join (topology.CAMPAIGN_CALLBACK_PREFIX)."""
     parameters = spec.parameters.get(language, spec.parameters.get("*", ()))
     reply = Reply(
         intent="broadcast",
@@ -240,7 +245,10 @@ def template_message(spec: CampaignSpec, wa_id: str, language: str) -> dict[str,
         type="template",
         template=Template(name=spec.template, language=language, parameters=parameters),
     )
-    return to_graph_message(reply, to=wa_id, reply_to=None)
+    return {
+        **to_graph_message(reply, to=wa_id, reply_to=None),
+        "biz_opaque_callback_data": campaign_callback(campaign_id),
+    }
 
 
 def parse_recipient_list(lines: Iterable[str]) -> Iterator[tuple[str, str | None]]:

@@ -80,6 +80,8 @@ class DeliveryStatus:
     errors: tuple[dict[str, Any], ...]
     pricing: dict[str, Any] | None
     conversation: dict[str, Any] | None
+    # What we sent the message with, repeated by Meta (a campaign's messages name it).
+    callback_data: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +380,7 @@ def _parse_status(
         errors=tuple(_dicts(item.get("errors"))),
         pricing=pricing if isinstance(pricing, dict) else None,
         conversation=conversation if isinstance(conversation, dict) else None,
+        callback_data=_as_str(item.get("biz_opaque_callback_data")),
     )
 
 

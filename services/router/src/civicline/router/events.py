@@ -191,6 +191,7 @@ def status_event(status: DeliveryStatus, *, raw_event_id: str) -> Envelope:
             "errors": list(status.errors),
             "pricing": status.pricing,
             "conversation": status.conversation,
+            "biz_opaque_callback_data": status.callback_data,
             "raw_event_id": raw_event_id,
         },
     )

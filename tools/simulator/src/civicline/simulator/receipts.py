@@ -62,11 +62,15 @@ class Receipts:
         """Start the statuses of one accepted send (call right after accepting it)."""
         if send.wamid is None or send.to is None:
             return
-        task = asyncio.create_task(self._play(send.wamid, send.to, send.phone_number_id))
+        task = asyncio.create_task(
+            self._play(send.wamid, send.to, send.phone_number_id, send.callback_data)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _play(self, wamid: str, recipient: str, phone_number_id: str) -> None:
+    async def _play(
+        self, wamid: str, recipient: str, phone_number_id: str, callback_data: str | None
+    ) -> None:
         loop = asyncio.get_running_loop()
         accepted_at = loop.time()
         for status, after in self._schedule:
@@ -76,6 +80,7 @@ class Receipts:
                 status=status,
                 recipient_id=recipient,
                 phone_number_id=phone_number_id,
+                callback_data=callback_data,
             )
             # In order: a status goes only once the one before it was delivered or given up.
             await self._post(body, status, wamid)

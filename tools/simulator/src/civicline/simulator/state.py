@@ -76,6 +76,12 @@ class RecordedSend:
         return str(self.body.get("type", "text"))
 
     @property
+    def callback_data(self) -> str | None:
+        """`biz_opaque_callback_data`, which Meta repeats in the message's statuses."""
+        value = self.body.get("biz_opaque_callback_data")
+        return value if isinstance(value, str) else None
+
+    @property
     def text(self) -> str | None:
         """The text body for text messages, else None."""
         text = self.body.get("text")

@@ -223,8 +223,12 @@ def status_webhook(
     timestamp: int | str | None = None,
     pricing: bool | None = None,
     error_code: int | None = None,
+    callback_data: str | None = None,
 ) -> bytes:
     """A delivery receipt for one of our outbound messages.
+
+    `callback_data` is the `biz_opaque_callback_data` the message was sent with, which Meta
+    repeats in each of its statuses.
 
     `pricing` defaults to what Meta does (present on `sent`/`delivered`). A `failed` receipt
     carries `errors[]` with `error_code` (default 131000); other statuses carry one only when
@@ -238,6 +242,8 @@ def status_webhook(
         "timestamp": _timestamp(timestamp),
         "recipient_id": recipient_id,
     }
+    if callback_data is not None:
+        receipt["biz_opaque_callback_data"] = callback_data
     if status == "failed" and error_code is None:
         error_code = 131000
     if error_code is not None:
