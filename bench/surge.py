@@ -18,6 +18,7 @@ import io
 import json
 import os
 import platform
+import secrets
 import signal
 import subprocess
 import sys
@@ -540,6 +541,9 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             extra_env={
                 "RESPONDER_SEND_RATE": str(SEND_RATE),
                 "RESPONDER_CATALOG_PATH": str(catalog),
+                # As in production: every event about a citizen sealed under their key.
+                "AUDIT_PSEUDONYM_KEY": secrets.token_hex(32),
+                "AUDIT_MASTER_KEY": secrets.token_hex(32),
             },
         )
         pipeline.start("ingress")
@@ -666,6 +670,7 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
                 "status_webhooks": not args.no_statuses,
                 "responder_send_rate": SEND_RATE,
                 "office": args.office,
+                "audit_sealed": True,
                 "server_autovacuum": autovacuum,
                 "vacuum_analyze_runs_s": maintenance_runs,
                 "bounds": {
@@ -842,7 +847,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{machine['cores']} cores, Python {machine['python']}, RabbitMQ {machine['rabbitmq']},"
         f" {machine['postgres']}; RESPONDER_SEND_RATE={result['settings']['responder_send_rate']},"
         f" {result['settings']['step_seconds']:g} s per step,"
-        f" {OFFICE_SAYS[result['settings']['office']]}.",
+        f" {OFFICE_SAYS[result['settings']['office']]}, audit payloads sealed per citizen.",
         ""
         if result["settings"]["server_autovacuum"]
         else "The server's autovacuum is off: the drill ran VACUUM (ANALYZE) on its database every"
