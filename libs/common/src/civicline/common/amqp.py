@@ -14,6 +14,7 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -278,6 +279,27 @@ MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 ACK_LINGER = 0.005
 
 
+@dataclass(slots=True)
+class _ChannelAcks:
+    """One channel's unsettled deliveries: which have finished, and the messages to ack."""
+
+    channel: object
+    ledger: AckLedger = field(default_factory=AckLedger)
+    messages: dict[int, AbstractIncomingMessage] = field(default_factory=dict)
+
+
+def _channel_of(message: AbstractIncomingMessage) -> object:
+    try:
+        return message.channel
+    except aio_pika.exceptions.ChannelInvalidStateError:  # closed since it was delivered
+        return None
+
+
+def _channel_closed(message: AbstractIncomingMessage) -> bool:
+    channel = _channel_of(message)
+    return channel is None or bool(getattr(channel, "is_closed", True))
+
+
 class Consumer:
     """Consumes one queue with manual acks and a bounded prefetch.
 
@@ -292,8 +314,8 @@ class Consumer:
     keeps failing.
 
     Acks wait up to `ack_linger` seconds to go together, as one `multiple` ack for each run
-    of finished deliveries (civicline.common.acks); 0 acks each at once. What is published
-    downstream is not delayed by it, only the prefetch slot.
+    of finished deliveries (civicline.common.acks); with 0 they go at the loop's next turn.
+    What is published downstream is not delayed by it, only the prefetch slot.
     """
 
     def __init__(
@@ -323,19 +345,20 @@ class Consumer:
         self._waiting_on_outage = 0
         self._handle_seconds = HANDLE_SECONDS.labels(spec.name)
         self._ack_linger = ack_linger
-        # Finished deliveries are acked together (civicline.common.acks), per channel: a
-        # robust channel that reopened numbers its deliveries afresh.
-        self._ack_channel: object = None
-        self._ledger = AckLedger()
-        self._unacked: dict[int, AbstractIncomingMessage] = {}
+        self._acks: _ChannelAcks | None = None
+        # Held while acks are taken and sent, and while a nack or reject is sent: frames go out
+        # in the order the ledger decided them, so no ack names a tag already settled.
+        self._ack_lock = asyncio.Lock()
         self._ack_timer: asyncio.TimerHandle | None = None
         self._acking: set[asyncio.Task[None]] = set()
+        self._acks_closed = False
 
     @property
     def is_consuming(self) -> bool:
         return self._tag is not None and self._broker.is_ready and self._waiting_on_outage == 0
 
     async def start(self) -> None:
+        self._acks_closed = False
         connection = await self._broker.connection()
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self._prefetch)
@@ -346,20 +369,12 @@ class Consumer:
         log.info("consuming", queue=self._spec.name, prefetch=self._prefetch)
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
-        if message.channel is not self._ack_channel:
-            # Deliveries of a closed channel can no longer be acked; the broker redelivers them.
-            self._ack_channel = message.channel
-            self._ledger = AckLedger()
-            self._unacked = {}
-        tag = message.delivery_tag
-        if tag is not None:
-            self._ledger.delivered(tag)
-            self._unacked[tag] = message
+        acks = self._acks_of(message)
         # aiormq runs this callback in a task it cancels when the channel closes (a broker
         # restart, a network cut). Cancelled between "reply claimed" and "reply sent", a
         # handler would leave its work half done; so the work runs in a task of our own,
         # shielded, and finishes (its ack then fails harmlessly and the broker redelivers).
-        work = asyncio.create_task(self._work(message))
+        work = asyncio.create_task(self._work(message, acks))
         self._in_flight.add(work)
         self._idle.clear()
         work.add_done_callback(self._finished)
@@ -370,19 +385,31 @@ class Consumer:
         if not self._in_flight:
             self._idle.set()
 
-    async def _work(self, message: AbstractIncomingMessage) -> None:
+    def _acks_of(self, message: AbstractIncomingMessage) -> _ChannelAcks:
+        """The acks of the delivery's channel, where it is entered as unfinished."""
+        channel = _channel_of(message)
+        if self._acks is None or self._acks.channel is not channel:
+            # A robust channel that reopened numbers its deliveries afresh; those of the closed
+            # one can no longer be acked, and the broker redelivers them.
+            self._acks = _ChannelAcks(channel)
+        if message.delivery_tag is not None:
+            self._acks.ledger.delivered(message.delivery_tag)
+            self._acks.messages[message.delivery_tag] = message
+        return self._acks
+
+    async def _work(self, message: AbstractIncomingMessage, acks: _ChannelAcks) -> None:
         correlation_id = message.headers.get(CORRELATION_HEADER) or message.correlation_id
         delivery_id.set(uuid.uuid4().hex)
         try:
             with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
-                await self._handle(message)
+                await self._handle(message, acks)
         except Exception:
             # A fault in the runner itself must not strand the message unsettled (it would
             # sit unacknowledged until the connection dies): give it back to the queue.
             log.exception("consumer_runner_failed", queue=self._spec.name)
-            await self._settle_now(message, message.nack(requeue=True))
+            await self._settle_now(acks, message, requeue=True)
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, message: AbstractIncomingMessage, acks: _ChannelAcks) -> None:
         queue = self._spec.name
         outages = 0
         while True:
@@ -392,25 +419,25 @@ class Consumer:
             except PoisonMessage as exc:
                 _consumed(queue, "dead_lettered").inc()
                 log.error("message_dead_lettered", queue=queue, reason=str(exc))
-                await self._settle_now(message, message.reject(requeue=False))
+                await self._settle_now(acks, message, requeue=False)
                 return
             except Exception as exc:
-                if is_outage(exc) and not self._stopping and not message.channel.is_closed:
+                if is_outage(exc) and not self._stopping and not _channel_closed(message):
                     outages += 1
                     await self._wait_out(exc, outages)
                     continue
-                if self._stopping or message.channel.is_closed:
+                if self._stopping or _channel_closed(message):
                     # Unsettled: the broker gives it to another consumer once our channel closes.
                     _consumed(queue, "abandoned").inc()
                     return
                 _consumed(queue, "requeued").inc()
                 log.exception("message_failed_will_retry", queue=queue)
                 await asyncio.sleep(self._retry_pause)
-                await self._settle_now(message, message.nack(requeue=True))
+                await self._settle_now(acks, message, requeue=True)
                 return
             else:
                 _consumed(queue, "acked").inc()
-                self._done(message)
+                self._done(acks, message)
                 return
 
     async def _wait_out(self, exc: BaseException, outages: int) -> None:
@@ -429,22 +456,25 @@ class Consumer:
             self._waiting_on_outage -= 1
 
     async def _settle_now(
-        self, message: AbstractIncomingMessage, settlement: Awaitable[None]
+        self, acks: _ChannelAcks, message: AbstractIncomingMessage, *, requeue: bool
     ) -> None:
-        if message.channel is self._ack_channel and message.delivery_tag is not None:
-            self._ledger.dropped(message.delivery_tag)
-            self._unacked.pop(message.delivery_tag, None)
-        await self._settle(settlement)
+        """Nack (`requeue`) or reject the message at once. It stays unfinished in the ledger
+        until the frame is out, so no multiple ack taken meanwhile can settle it first."""
+        async with self._ack_lock:
+            await self._settle(message.nack(requeue=True) if requeue else message.reject())
+            if message.delivery_tag is not None:
+                acks.ledger.dropped(message.delivery_tag)
+                acks.messages.pop(message.delivery_tag, None)
 
-    def _done(self, message: AbstractIncomingMessage) -> None:
+    def _done(self, acks: _ChannelAcks, message: AbstractIncomingMessage) -> None:
         """The message's effect is durable: ack it with those finished around it."""
-        if message.channel is not self._ack_channel or message.delivery_tag is None:
+        if acks is not self._acks or message.delivery_tag is None:
             return  # its channel closed: the broker redelivers it
-        self._ledger.finished(message.delivery_tag)
-        if self._ack_linger <= 0:  # each on its own, at once
-            self._ack_due()
-            return
-        if self._ack_timer is None:
+        acks.ledger.finished(message.delivery_tag)
+        self._schedule_acks()
+
+    def _schedule_acks(self) -> None:
+        if self._ack_timer is None and not self._acks_closed:
             self._ack_timer = asyncio.get_running_loop().call_later(self._ack_linger, self._ack_due)
 
     def _ack_due(self) -> None:
@@ -452,20 +482,24 @@ class Consumer:
         task = asyncio.create_task(self._send_acks())
         self._acking.add(task)
         task.add_done_callback(self._acking.discard)
-        if self._ledger.waiting:  # some wait behind an unfinished delivery: another round
-            self._ack_timer = asyncio.get_running_loop().call_later(self._ack_linger, self._ack_due)
 
     async def _send_acks(self, *, everything: bool = False) -> None:
-        # Everything is taken before the first await: the channel may change meanwhile.
-        acks: Acks = self._ledger.take(everything=everything)
-        sends = []
-        if acks.up_to is not None:
-            sends.append(self._unacked[acks.up_to].ack(multiple=True))
-            for tag in [tag for tag in self._unacked if tag <= acks.up_to]:
-                del self._unacked[tag]
-        sends.extend(self._unacked.pop(tag).ack() for tag in acks.singles)
-        for send in sends:
-            await self._settle(send)
+        """One round: the acks the ledger allows now, sent in order under the ack lock."""
+        async with self._ack_lock:
+            acks = self._acks
+            if acks is None:
+                return
+            taken: Acks = acks.ledger.take(everything=everything)
+            sends = []
+            if taken.up_to is not None:
+                sends.append(acks.messages[taken.up_to].ack(multiple=True))
+                for tag in [tag for tag in acks.messages if tag <= taken.up_to]:
+                    del acks.messages[tag]
+            sends.extend(acks.messages.pop(tag).ack() for tag in taken.singles)
+            for send in sends:
+                await self._settle(send)
+            if acks.ledger.waiting:  # some wait behind an unfinished delivery: another round
+                self._schedule_acks()
 
     @staticmethod
     async def _settle(settlement: Awaitable[None]) -> None:
@@ -479,6 +513,10 @@ class Consumer:
             log.warning("settle_failed", error="the channel closed under the ack")
         except Exception as exc:
             log.warning("settle_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _last_acks(self) -> None:
+        await asyncio.gather(*self._acking, return_exceptions=True)
+        await self._send_acks(everything=True)
 
     async def stop(self, timeout: float) -> None:
         """Stop taking messages, let in-flight ones finish (up to `timeout`), then cancel what
@@ -496,12 +534,10 @@ class Consumer:
             for task in list(self._in_flight):
                 task.cancel()
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+        self._acks_closed = True
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
-        await shutdown_step(
-            f"ack what {self._spec.name} finished",
-            asyncio.gather(*self._acking, self._send_acks(everything=True)),
-        )
+        await shutdown_step(f"ack what {self._spec.name} finished", self._last_acks())
         if self._channel is not None:
             await shutdown_step(f"close the channel of {self._spec.name}", self._channel.close())
