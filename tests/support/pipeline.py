@@ -46,8 +46,7 @@ class Pipeline:
         return f"http://127.0.0.1:{self.ports['ingress']}/webhook"
 
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
+        chosen = {
             "WHATSAPP_APP_SECRET": APP_SECRET,
             "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
             "WHATSAPP_ACCESS_TOKEN": ACCESS_TOKEN,
@@ -61,6 +60,13 @@ class Pipeline:
             "CIVICLINE_SHUTDOWN_TIMEOUT": "10",
             **self.extra_env,
         }
+        # A NAME_FILE of the caller's environment would clash with the NAME set here.
+        inherited = {
+            name: value
+            for name, value in os.environ.items()
+            if not (name.endswith("_FILE") and name.removesuffix("_FILE") in chosen)
+        }
+        return {**inherited, **chosen}
 
     def start(self, service: str) -> None:
         """Start `service` ("router"), or another replica of it ("responder-2")."""

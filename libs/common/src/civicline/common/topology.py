@@ -147,9 +147,11 @@ RESPONDER_MESSAGES = QueueSpec(
 RESPONDER_BROADCASTS = QueueSpec("responder.broadcasts", (BROADCAST_JOB,), retry_delays=(5, 15, 60))
 # Delivery statuses of campaign messages, joined by wamid to the recipient they are about.
 # (Until 2026-11 it took every status, `status.#`: three per reply, none of them its work.)
+# Every `failed` status too: Meta documents the callback data on sent, delivered and read
+# statuses, and a failure after sending must still reach its recipient's row.
 RESPONDER_STATUSES = QueueSpec(
     "responder.statuses",
-    ("status.*.campaign",),
+    ("status.*.campaign", "status.failed"),
     retry_delays=(2,),
     retired_binding_keys=("status.#",),
 )
