@@ -975,7 +975,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--office",
-        choices=("closed", "open"),
+        choices=tuple(OFFICE_SAYS),
         default="closed",
         help="the responder's office hours during the drill: closed (default; each new"
         " conversation also gets the away notice, as on election night) or open",

@@ -20,13 +20,18 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class Acks:
-    """What to send: one ack with `multiple` up to `up_to` (if any), then single acks."""
+    """What to send: one ack with `multiple` for the run `covered` (if any), then single acks."""
 
-    up_to: int | None = None
+    covered: tuple[int, ...] = ()
     singles: tuple[int, ...] = ()
 
+    @property
+    def up_to(self) -> int | None:
+        """The tag the `multiple` ack names: the last of the run."""
+        return self.covered[-1] if self.covered else None
+
     def __bool__(self) -> bool:
-        return self.up_to is not None or bool(self.singles)
+        return bool(self.covered or self.singles)
 
 
 @dataclass(slots=True)
@@ -56,15 +61,14 @@ class AckLedger:
     def take(self, *, everything: bool = False) -> Acks:
         """The acks to send now. Finished deliveries behind an unfinished one are taken as
         single acks if they already waited a round, or `everything`; the rest wait."""
-        up_to = None
+        covered = []
         for tag, finished in self._finished.items():
             if not finished:
                 break
-            up_to = tag
-        if up_to is not None:
-            for tag in [tag for tag in self._finished if tag <= up_to]:
-                del self._finished[tag]
-                self._waited.discard(tag)
+            covered.append(tag)
+        for tag in covered:
+            del self._finished[tag]
+            self._waited.discard(tag)
         singles = []
         waited = set()
         for tag, finished in self._finished.items():
@@ -76,4 +80,4 @@ class AckLedger:
         for tag in singles:
             del self._finished[tag]
         self._waited = waited
-        return Acks(up_to, tuple(singles))
+        return Acks(tuple(covered), tuple(singles))

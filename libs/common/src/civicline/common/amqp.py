@@ -493,7 +493,7 @@ class Consumer:
             sends = []
             if taken.up_to is not None:
                 sends.append(acks.messages[taken.up_to].ack(multiple=True))
-                for tag in [tag for tag in acks.messages if tag <= taken.up_to]:
+                for tag in taken.covered:
                     del acks.messages[tag]
             sends.extend(acks.messages.pop(tag).ack() for tag in taken.singles)
             for send in sends:
