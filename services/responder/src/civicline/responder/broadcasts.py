@@ -60,6 +60,8 @@ MISSING_RETRIES = 3
 # Delivery statuses joined to campaign recipients per transaction, at most.
 STATUS_BATCH = 128
 MISSING_PAUSES = (0.02, 0.1, 0.3)
+# While campaigns run, the driver looks this often whether their tables need new statistics.
+STATISTICS_INTERVAL = 1.0
 BROADCASTS = Counter("civicline_broadcast_sends_total", "Campaign send outcomes", ["outcome"])
 
 K = TypeVar("K", bound=Hashable)
@@ -441,6 +443,7 @@ class Driver:
         self._idle = idle
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._statistics_at = -STATISTICS_INTERVAL
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="campaign-driver")
@@ -459,11 +462,24 @@ class Driver:
             progressed = False
             try:
                 for campaign_id in await store.due_campaigns(self._pool):
+                    await self._refresh_statistics()
                     while await store.step(self._pool, self._publisher, campaign_id):
                         progressed = True
+                        await self._refresh_statistics()
             except Exception as exc:  # an outage or a bug: log, wait, try again
                 log.warning("campaign_driver_error", error=f"{type(exc).__name__}: {exc}")
             if not progressed:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._idle)
+
+    async def _refresh_statistics(self) -> None:
+        """A campaign's recipients grow from none to its whole audience in a minute: claims
+        planned from the statistics of a few rows would read all of them."""
+        now = asyncio.get_running_loop().time()
+        if now - self._statistics_at < STATISTICS_INTERVAL:
+            return
+        self._statistics_at = now
+        analysed = await store.refresh_statistics(self._pool)
+        if analysed:
+            log.info("campaign_statistics_refreshed", tables=analysed)

@@ -337,6 +337,13 @@ async def step(pool: asyncpg.Pool, publisher: Publisher, campaign_id: uuid.UUID)
         return True
 
 
+async def refresh_statistics(pool: asyncpg.Pool) -> list[str]:
+    """Analyse the campaign tables that changed much since they were last analysed (migration
+    0060 says why); returns those analysed now."""
+    analysed = await pool.fetchval("SELECT campaign_statistics_refresh()")
+    return list(analysed)
+
+
 async def _audience_page(
     connection: asyncpg.Connection, campaign: Campaign, cursor: Cursor
 ) -> list[asyncpg.Record]:
@@ -441,6 +448,47 @@ class Claim:
     reason: str | None = None
 
 
+# A wave's recipients, locked in wa_id order, with what decides whether each may be sent.
+# Every statement on recipients names its rows by the primary key (campaign_id, wa_id = ANY):
+# a plan may then never read the whole campaign for a wave of sixteen.
+CLAIM_ROWS = """SELECT r.wa_id, r.state, r.claimed_by, r.wamid, r.error_code, r.reason,
+           r.claimed_at > clock_timestamp() - make_interval(secs => $4) AS live,
+           EXISTS (SELECT 1 FROM contacts k WHERE k.phone_number_id = $3
+                      AND k.citizen = r.wa_id AND k.opted_out) AS opted_out,
+           (r.via_topic IS NOT NULL AND NOT EXISTS (
+               SELECT 1 FROM subscriptions s WHERE s.phone_number_id = $3
+                  AND s.citizen = r.wa_id AND s.topic = ANY($5::text[])
+                  AND s.subscribed)) AS unsubscribed
+    FROM campaign_recipients r
+    WHERE r.campaign_id = $1 AND r.wa_id = ANY($2::text[])
+    ORDER BY r.wa_id FOR UPDATE OF r"""
+
+# Rows locked in wa_id order first, as every multi-row statement here does: two statements
+# locking overlapping rows in different orders would deadlock. The state is checked on the
+# locked rows, so the update finds its rows by the key alone.
+MARK_SENDING = """WITH u AS (SELECT * FROM unnest($2::text[], $3::text[]) AS u(wa_id, claimer)),
+    locked AS (SELECT r.wa_id, r.state, r.claimed_by FROM campaign_recipients r
+               WHERE r.campaign_id = $1 AND r.wa_id = ANY($2::text[])
+               ORDER BY r.wa_id FOR UPDATE OF r)
+    UPDATE campaign_recipients AS r SET state = 'sending', claimed_at = clock_timestamp()
+    FROM u JOIN locked USING (wa_id)
+    WHERE r.campaign_id = $1 AND r.wa_id = locked.wa_id AND locked.state = 'claimed'
+      AND locked.claimed_by = u.claimer
+    RETURNING r.wa_id"""
+
+# As MARK_SENDING: outcomes of a batch of sends, on rows still 'sending'.
+SETTLE = """WITH u AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::int[])
+                   AS u(wa_id, state, wamid, error_code)),
+    locked AS (SELECT r.wa_id, r.state FROM campaign_recipients r
+               WHERE r.campaign_id = $1 AND r.wa_id = ANY($2::text[])
+               ORDER BY r.wa_id FOR UPDATE OF r)
+    UPDATE campaign_recipients AS r SET state = u.state, wamid = u.wamid,
+           error_code = u.error_code, claimed_by = CASE WHEN u.state = 'queued'
+           THEN NULL ELSE r.claimed_by END, updated_at = now()
+    FROM u JOIN locked USING (wa_id)
+    WHERE r.campaign_id = $1 AND r.wa_id = locked.wa_id AND locked.state = 'sending'"""
+
+
 async def claim(
     pool: asyncpg.Pool,
     campaign_id: uuid.UUID,
@@ -466,17 +514,7 @@ async def claim(
             return dict.fromkeys(wa_ids, Claim("halted"))
         topics = orjson.loads(campaign["topics"]) if campaign["topics"] else []
         rows = await connection.fetch(
-            """SELECT r.wa_id, r.state, r.claimed_by, r.wamid, r.error_code, r.reason,
-                      r.claimed_at > clock_timestamp() - make_interval(secs => $4) AS live,
-                      EXISTS (SELECT 1 FROM contacts k WHERE k.phone_number_id = $3
-                                 AND k.citizen = r.wa_id AND k.opted_out) AS opted_out,
-                      (r.via_topic IS NOT NULL AND NOT EXISTS (
-                          SELECT 1 FROM subscriptions s WHERE s.phone_number_id = $3
-                             AND s.citizen = r.wa_id AND s.topic = ANY($5::text[])
-                             AND s.subscribed)) AS unsubscribed
-               FROM campaign_recipients r
-               WHERE r.campaign_id = $1 AND r.wa_id = ANY($2::text[])
-               ORDER BY r.wa_id FOR UPDATE OF r""",
+            CLAIM_ROWS,
             campaign_id,
             wa_ids,
             campaign["phone_number_id"],
@@ -528,7 +566,7 @@ async def claim(
                 """UPDATE campaign_recipients AS r SET state = 'claimed', claimed_by = u.claimer,
                           claimed_at = clock_timestamp(), updated_at = now()
                    FROM unnest($2::text[], $3::text[]) AS u(wa_id, claimer)
-                   WHERE r.campaign_id = $1 AND r.wa_id = u.wa_id""",
+                   WHERE r.campaign_id = $1 AND r.wa_id = ANY($2::text[]) AND r.wa_id = u.wa_id""",
                 campaign_id,
                 admitted,
                 [claimers[wa_id] for wa_id in admitted],
@@ -545,7 +583,7 @@ async def claim(
                 """UPDATE campaign_recipients AS r SET state = 'skipped', reason = u.reason,
                           updated_at = now()
                    FROM unnest($2::text[], $3::text[]) AS u(wa_id, reason)
-                   WHERE r.campaign_id = $1 AND r.wa_id = u.wa_id""",
+                   WHERE r.campaign_id = $1 AND r.wa_id = ANY($2::text[]) AND r.wa_id = u.wa_id""",
                 campaign_id,
                 list(skips),
                 list(skips.values()),
@@ -570,16 +608,7 @@ async def mark_sending(
     """Mark claimed recipients (wa_id, claimer) as being sent, right before their Graph API
     calls; returns those marked (a recipient cancelled since is not)."""
     rows = await pool.fetch(
-        # Rows locked in wa_id order first, as every multi-row statement here does: two
-        # statements locking overlapping rows in different orders would deadlock.
-        """WITH u AS (SELECT * FROM unnest($2::text[], $3::text[]) AS u(wa_id, claimer)),
-           locked AS (SELECT r.wa_id FROM campaign_recipients r JOIN u USING (wa_id)
-                      WHERE r.campaign_id = $1 ORDER BY r.wa_id FOR UPDATE OF r)
-           UPDATE campaign_recipients AS r SET state = 'sending', claimed_at = clock_timestamp()
-           FROM u JOIN locked USING (wa_id)
-           WHERE r.campaign_id = $1 AND r.wa_id = u.wa_id AND r.state = 'claimed'
-             AND r.claimed_by = u.claimer
-           RETURNING r.wa_id""",
+        MARK_SENDING,
         campaign_id,
         [wa_id for wa_id, _ in requests],
         [claimer for _, claimer in requests],
@@ -600,15 +629,7 @@ class Outcome:
 
 async def settle(pool: asyncpg.Pool, campaign_id: uuid.UUID, outcomes: Sequence[Outcome]) -> None:
     await pool.execute(
-        """WITH u AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::int[])
-                          AS u(wa_id, state, wamid, error_code)),
-           locked AS (SELECT r.wa_id FROM campaign_recipients r JOIN u USING (wa_id)
-                      WHERE r.campaign_id = $1 ORDER BY r.wa_id FOR UPDATE OF r)
-           UPDATE campaign_recipients AS r SET state = u.state, wamid = u.wamid,
-                  error_code = u.error_code, claimed_by = CASE WHEN u.state = 'queued'
-                  THEN NULL ELSE r.claimed_by END, updated_at = now()
-           FROM u JOIN locked USING (wa_id)
-           WHERE r.campaign_id = $1 AND r.wa_id = u.wa_id AND r.state = 'sending'""",
+        SETTLE,
         campaign_id,
         [o.wa_id for o in outcomes],
         [o.state for o in outcomes],
