@@ -90,7 +90,7 @@ async def test_graph_api_failures_are_retried_and_permanent_errors_recorded(
     harness.simulator.inject_faults(
         [
             {"http_status": 500, "code": 131000, "count": 15},
-            {"http_status": 429, "code": 130429, "count": 15},
+            {"http_status": 429, "code": 130429, "count": 5},
             {"http_status": 503, "count": 10},
         ]
     )
