@@ -59,6 +59,12 @@ async def campaign() -> AsyncIterator[tuple[asyncpg.Connection, uuid.UUID]]:
             # ... and the plans stay cached while the expansion adds the rest, page by page.
             await expand(connection, campaign_id)
             await eventually(
+                lambda: all_counted(connection),
+                what="the expansion to be counted in the table statistics",
+                timeout=15,
+                interval=0.2,
+            )
+            await eventually(
                 lambda: statistics_refreshed(connection),
                 what="the campaign tables to be analysed",
                 timeout=15,
@@ -115,6 +121,15 @@ async def add_recipients(
     )
 
 
+async def all_counted(connection: asyncpg.Connection) -> bool:
+    """Each backend adds its rows to the shared statistics at most once a second: until all
+    are counted, the refresh could analyse too early, and find more to do again at once."""
+    inserted = await connection.fetchval(
+        "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'campaign_recipients'"
+    )
+    return bool(inserted is not None and inserted >= AUDIENCE)
+
+
 async def statistics_refreshed(connection: asyncpg.Connection) -> bool:
     """What the campaign driver does while a campaign runs, as civicline_writer, the role the
     services connect as (only a table's owner may analyse it: the function may)."""
@@ -151,12 +166,12 @@ async def rows_touched(connection: asyncpg.Connection, statement: str, *argument
 
 
 def _literal(value: Any) -> str:
-    """A constant for EXECUTE, which takes no bind parameters (the test's values need no
-    escaping: digits, dots, dashes and letters)."""
+    """A constant for EXECUTE, which takes no bind parameters (array items are the test's own:
+    digits, dots, dashes and letters, nothing to escape inside the braces)."""
     if isinstance(value, list):
         items = ",".join("NULL" if item is None else f'"{item}"' for item in value)
-        return f"'{{{items}}}'"
-    return f"'{value}'"
+        value = f"{{{items}}}"
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _touched(node: dict[str, Any]) -> int:
@@ -210,3 +225,19 @@ async def test_statistics_are_refreshed_only_when_much_has_changed(
            AND relname IN ('campaign_recipients', 'subscriptions', 'contacts')"""
     )
     assert analysed == 3
+
+
+async def test_the_function_resolves_names_in_its_schema_before_a_callers_temporary_ones(
+    campaign: tuple[asyncpg.Connection, uuid.UUID],
+) -> None:
+    """It runs as the tables' owner: with pg_temp searched first (Postgres's default when the
+    path does not name it), a caller's temporary table or view named like a campaign table
+    would stand in for it."""
+    connection, _ = campaign
+    config = await connection.fetchval(
+        "SELECT proconfig FROM pg_proc WHERE proname = 'campaign_statistics_refresh'"
+    )
+    assert "search_path=public, pg_temp" in config, config
+    assert await connection.fetchval(
+        "SELECT prosecdef FROM pg_proc WHERE proname = 'campaign_statistics_refresh'"
+    )

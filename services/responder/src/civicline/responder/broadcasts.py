@@ -444,6 +444,7 @@ class Driver:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._statistics_at = -STATISTICS_INTERVAL
+        self._statistics: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="campaign-driver")
@@ -452,20 +453,21 @@ class Driver:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._statistics):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _run(self) -> None:
         while True:
             progressed = False
             try:
                 for campaign_id in await store.due_campaigns(self._pool):
-                    await self._refresh_statistics()
+                    self._refresh_statistics()
                     while await store.step(self._pool, self._publisher, campaign_id):
                         progressed = True
-                        await self._refresh_statistics()
+                        self._refresh_statistics()
             except Exception as exc:  # an outage or a bug: log, wait, try again
                 log.warning("campaign_driver_error", error=f"{type(exc).__name__}: {exc}")
             if not progressed:
@@ -473,13 +475,22 @@ class Driver:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._idle)
 
-    async def _refresh_statistics(self) -> None:
+    def _refresh_statistics(self) -> None:
         """A campaign's recipients grow from none to its whole audience in a minute: claims
-        planned from the statistics of a few rows would read all of them."""
+        planned from the statistics of a few rows would read all of them. The analysis runs
+        beside the driver, one at a time, so a slow or failing one never holds a campaign."""
         now = asyncio.get_running_loop().time()
-        if now - self._statistics_at < STATISTICS_INTERVAL:
+        running = self._statistics is not None and not self._statistics.done()
+        if running or now - self._statistics_at < STATISTICS_INTERVAL:
             return
         self._statistics_at = now
-        analysed = await store.refresh_statistics(self._pool)
-        if analysed:
-            log.info("campaign_statistics_refreshed", tables=analysed)
+        self._statistics = asyncio.create_task(self._analyse(), name="campaign-statistics")
+
+    async def _analyse(self) -> None:
+        try:
+            analysed = await store.refresh_statistics(self._pool)
+        except Exception as exc:  # an outage, or the migration not applied yet: next time
+            log.warning("campaign_statistics_failed", error=f"{type(exc).__name__}: {exc}")
+        else:
+            if analysed:
+                log.info("campaign_statistics_refreshed", tables=analysed)

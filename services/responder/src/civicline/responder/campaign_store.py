@@ -449,8 +449,8 @@ class Claim:
 
 
 # A wave's recipients, locked in wa_id order, with what decides whether each may be sent.
-# Every statement on recipients names its rows by the primary key (campaign_id, wa_id = ANY):
-# a plan may then never read the whole campaign for a wave of sixteen.
+# The statements of a wave name its rows by the primary key (campaign_id, wa_id = ANY): a plan
+# may then never read the whole campaign for a wave of sixteen.
 CLAIM_ROWS = """SELECT r.wa_id, r.state, r.claimed_by, r.wamid, r.error_code, r.reason,
            r.claimed_at > clock_timestamp() - make_interval(secs => $4) AS live,
            EXISTS (SELECT 1 FROM contacts k WHERE k.phone_number_id = $3
