@@ -61,7 +61,10 @@ class Harness:
         depths = await queue_depths(self.environment.amqp_url)
         dead = {name: n for name, n in depths.items() if name.endswith(".dlq")}
         live = {name: n for name, n in depths.items() if not name.endswith(".dlq")}
-        assert live == dict.fromkeys(live, 0), f"work left in queues: {live}"
+        assert live == dict.fromkeys(live, 0), (
+            f"work left in queues: {live}; what the services said about it:\n"
+            + self.pipeline.log_events(*WORK_LEFT_EVENTS)
+        )
         assert sum(dead.values()) <= allow_dead_letters, f"dead letters: {dead}"
         assert await audit_is_gapless(self.environment.database_url)
         # The whole log verifies: every leaf recomputed, the tree rebuilt, every signed head
@@ -103,6 +106,17 @@ class Harness:
     async def dead_letters(self) -> dict[str, int]:
         depths = await queue_depths(self.environment.amqp_url)
         return {name: n for name, n in depths.items() if name.endswith(".dlq")}
+
+
+# What a consumer logs when it leaves a message for the broker to give to another.
+WORK_LEFT_EVENTS = (
+    "message_abandoned",
+    "drain_timeout",
+    "settle_failed",
+    "consumer_runner_failed",
+    "message_failed_will_retry",
+    "shutdown_step",
+)
 
 
 def assert_nothing_lost(outcome: Outcome, *, everything_accepted: bool = True) -> None:

@@ -150,6 +150,16 @@ class Pipeline:
         self.start(service)
         await self.wait_ready(service)
 
+    def log_events(self, *events: str) -> str:
+        """Every service's log lines that name one of `events` (e.g. why work was left)."""
+        found = [
+            f"{path.stem}: {line}"
+            for path in sorted(self.log_dir.glob("*.log"))
+            for line in path.read_text(errors="replace").splitlines()
+            if any(event in line for event in events)
+        ]
+        return "\n".join(found) or "(none)"
+
     def log_tail(self, service: str, lines: int = 40) -> str:
         path = self.log_dir / f"{service}.log"
         if not path.exists():

@@ -429,6 +429,12 @@ class Consumer:
                 if self._stopping or _channel_closed(message):
                     # Unsettled: the broker gives it to another consumer once our channel closes.
                     _consumed(queue, "abandoned").inc()
+                    log.warning(
+                        "message_abandoned",
+                        queue=queue,
+                        reason="stopping" if self._stopping else "channel closed",
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
                     return
                 _consumed(queue, "requeued").inc()
                 log.exception("message_failed_will_retry", queue=queue)
