@@ -19,9 +19,16 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+import structlog
 
+from civicline.common.amqp import Broker, Publisher
+from civicline.common.topology import declare
 from civicline.responder import campaign_store as store
+from civicline.responder.broadcasts import Driver
+from civicline.responder.campaigns import CampaignSpec
+from support.amqp_probe import probe_channel
 from support.audit_logs import fresh_database
+from support.isolation import EnvironmentFactory
 from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -241,3 +248,63 @@ async def test_the_function_resolves_names_in_its_schema_before_a_callers_tempor
     assert await connection.fetchval(
         "SELECT prosecdef FROM pg_proc WHERE proname = 'campaign_statistics_refresh'"
     )
+
+
+async def test_campaigns_go_on_when_their_statistics_cannot_be_refreshed(
+    environment_for_test: EnvironmentFactory,
+) -> None:
+    """A responder deployed before its migration (the function is missing): the driver
+    expands the campaign all the same, and logs why it could not refresh."""
+    environment = await environment_for_test("campaign_stats")
+    async with probe_channel(environment.amqp_url) as channel:
+        await declare(channel)
+    pool = await asyncpg.create_pool(environment.database_url, min_size=1, max_size=4)
+    broker = Broker(environment.amqp_url, connection_name="test-campaign-driver")
+    broker.start()
+    driver = Driver(pool, Publisher(broker, timeout=5), idle=0.05)
+    try:
+        await pool.execute("DROP FUNCTION campaign_statistics_refresh()")
+        spec = CampaignSpec(
+            name="driver",
+            phone_number_id=NUMBER,
+            template="civicline_flood_warning",
+            languages={"ko": "ko"},
+            fallback_language="en_US",
+            parameters={"*": ()},
+            topics=(TOPIC,),
+        )
+        await pool.execute(
+            """INSERT INTO subscriptions (phone_number_id, topic, citizen, subscribed)
+               SELECT $1, $2, unnest($3::text[]), true""",
+            NUMBER,
+            TOPIC,
+            CITIZENS[:1_600],
+        )
+        campaign_id = uuid.uuid4()
+        await pool.execute(
+            """INSERT INTO campaigns (id, name, phone_number_id, spec, state, created_by)
+               VALUES ($1, 'driver', $2, $3::jsonb, 'running', 'test')""",
+            campaign_id,
+            NUMBER,
+            orjson.dumps(spec.as_json()).decode(),
+        )
+        with structlog.testing.capture_logs() as logs:
+            driver.start()
+
+            async def expanded() -> bool:
+                return bool(
+                    await pool.fetchval("SELECT expanded FROM campaigns WHERE id = $1", campaign_id)
+                )
+
+            await eventually(expanded, what="the campaign to be expanded", timeout=30)
+        recipients = await pool.fetchval(
+            "SELECT count(*) FROM campaign_recipients WHERE campaign_id = $1", campaign_id
+        )
+        assert recipients == 1_600
+        failures = [entry for entry in logs if entry["event"] == "campaign_statistics_failed"]
+        assert failures, [entry["event"] for entry in logs]
+        assert "campaign_statistics_refresh" in failures[0]["error"]
+    finally:
+        await driver.stop()
+        await broker.close()
+        await pool.close()
