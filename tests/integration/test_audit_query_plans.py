@@ -20,6 +20,7 @@ from civicline.audit.core import AuditRecord
 from civicline.audit.query import EventFilter, page_sql
 from support.audit_api import KEYS
 from support.audit_logs import fresh_database
+from support.plans import rows_read
 
 pytestmark = pytest.mark.integration
 
@@ -95,15 +96,6 @@ def scans(plan: dict[str, Any]) -> list[tuple[str, str | None]]:
     for child in plan.get("Plans", []):
         found += scans(child)
     return found
-
-
-def rows_read(plan: dict[str, Any]) -> int:
-    """Rows that the scans of an executed plan (EXPLAIN ANALYZE) took from the log's tables,
-    every loop counted."""
-    own = 0
-    if "Scan" in plan["Node Type"] and plan["Node Type"] != "CTE Scan":
-        own = int(plan["Actual Rows"]) * int(plan["Actual Loops"])
-    return own + sum(rows_read(child) for child in plan.get("Plans", []))
 
 
 async def populated(connection: asyncpg.Connection) -> set[str]:

@@ -29,6 +29,7 @@ from civicline.responder.campaigns import CampaignSpec
 from support.amqp_probe import probe_channel
 from support.audit_logs import fresh_database
 from support.isolation import EnvironmentFactory
+from support.plans import rows_read
 from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -111,7 +112,8 @@ async def start_campaign(connection: asyncpg.Connection) -> uuid.UUID:
 
 
 async def expand(connection: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
-    rest = [citizen for citizen in CITIZENS if citizen not in set(WAVE)]
+    wave = set(WAVE)
+    rest = [citizen for citizen in CITIZENS if citizen not in wave]
     for first in range(0, len(rest), 500):
         await add_recipients(connection, campaign_id, rest[first : first + 500])
 
@@ -169,7 +171,7 @@ async def rows_touched(connection: asyncpg.Connection, statement: str, *argument
         )
     finally:
         await transaction.rollback()
-    return _touched(plan[0]["Plan"])
+    return rows_read(plan[0]["Plan"])
 
 
 def _literal(value: Any) -> str:
@@ -179,14 +181,6 @@ def _literal(value: Any) -> str:
         items = ",".join("NULL" if item is None else f'"{item}"' for item in value)
         value = f"{{{items}}}"
     return "'" + str(value).replace("'", "''") + "'"
-
-
-def _touched(node: dict[str, Any]) -> int:
-    own = 0
-    if "Scan" in node["Node Type"] and node["Node Type"] not in ("CTE Scan", "Function Scan"):
-        read = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
-        own = (read + node.get("Rows Removed by Index Recheck", 0)) * node["Actual Loops"]
-    return own + sum(_touched(child) for child in node.get("Plans", []))
 
 
 async def test_a_claim_reads_the_wave_not_the_campaign_or_the_topic(
