@@ -52,8 +52,10 @@ format: install
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+# Two workers share the tests that need only their own vhost and database; the few that stop
+# the servers themselves run alone, after them (scripts/run-tests.sh).
 test: install services lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	PYTEST=$(BIN)/pytest scripts/run-tests.sh $(PYTEST_ARGS)
 
 bench: install services
 	$(BIN)/python bench/surge.py $(BENCH_ARGS)

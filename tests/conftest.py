@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from support import scenarios
 from support.isolation import (
     Environment,
     EnvironmentFactory,
@@ -54,3 +55,22 @@ async def environment_for_test() -> AsyncIterator[EnvironmentFactory]:
     of the session."""
     async for factory in _environment_factory():
         yield factory
+
+
+# The reliability suite's count lines, from the reports of the tests that made them
+# (support/scenarios.py).
+_SCENARIOS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _SCENARIOS.extend(
+        str(value) for name, value in report.user_properties if name == scenarios.PROPERTY
+    )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per scenario, end to end: `scenario: sent N, accepted N, audited N, ...`."""
+    if _SCENARIOS:
+        terminalreporter.section("reliability scenarios")
+        for line in _SCENARIOS:
+            terminalreporter.write_line(line)

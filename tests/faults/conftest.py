@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from civicline.simulator.server import Simulator
-from support.harness import SCENARIO_LINES, Harness, ProxiedHarness, signing_env
+from support import scenarios
+from support.harness import Harness, ProxiedHarness, signing_env
 from support.isolation import EnvironmentFactory
 from support.pipeline import Pipeline
 from support.tcpproxy import TcpProxy, through
@@ -68,9 +69,13 @@ async def proxied_harness(
             await postgres.stop()
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """One line per scenario, end to end: `scenario: sent N, accepted N, audited N, ...`."""
-    if SCENARIO_LINES:
-        terminalreporter.section("reliability scenarios")
-        for line in SCENARIO_LINES:
-            terminalreporter.write_line(line)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Each scenario's count line travels in its test's report (tests/conftest.py prints
+    them all at the end), so that it reaches the terminal from a pytest-xdist worker too."""
+    report = yield
+    report.user_properties.extend((scenarios.PROPERTY, line) for line in scenarios.LINES)
+    scenarios.LINES.clear()
+    return report

@@ -13,6 +13,7 @@ import asyncpg
 from civicline.audit.auditor import verify_database
 from civicline.audit.checkpoint import Signer, Verifier
 from civicline.simulator.server import Simulator
+from support import scenarios
 from support.accounting import (
     INPUT_QUEUES,
     Outcome,
@@ -27,9 +28,6 @@ from support.pipeline import APP_SECRET, SERVICES, Pipeline
 from support.tcpproxy import TcpProxy
 from support.traffic import TrafficLog, Webhook, deliver
 from support.waiting import eventually
-
-# Every scenario's count line, printed at the end of the run (tests/faults/conftest.py).
-SCENARIO_LINES: list[str] = []
 
 
 @dataclass
@@ -57,7 +55,7 @@ class Harness:
         await wait_until_settled(self.environment.database_url, self.simulator, log.accepted_wamids)
         exit_codes = await self.stop_draining()
         outcome = await count(scenario, log, self.environment.database_url, self.simulator)
-        SCENARIO_LINES.append(outcome.line())
+        scenarios.LINES.append(outcome.line())
         depths = await queue_depths(self.environment.amqp_url)
         dead = {name: n for name, n in depths.items() if name.endswith(".dlq")}
         live = {name: n for name, n in depths.items() if not name.endswith(".dlq")}

@@ -100,9 +100,16 @@ async def drop_database(name: str) -> None:
 HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
+def _run_pid() -> int:
+    """The pid of the pytest process running the tests: this one, or under pytest-xdist (make
+    test) the controller whose worker this is. A worker's own command line does not say
+    pytest, so a name carrying it would look abandoned to the other worker's sweep."""
+    return os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+
+
 def unique_name(label: str) -> str:
     _sweep_once()
-    return f"civicline_test_{label}_{HOST_TAG}_{os.getpid()}_{secrets.token_hex(3)}"
+    return f"civicline_test_{label}_{HOST_TAG}_{_run_pid()}_{secrets.token_hex(3)}"
 
 
 _TEST_NAME = re.compile(r"civicline_test_.+_(?P<host>[0-9a-f]{6})_(?P<pid>\d+)_[0-9a-f]{6}")
