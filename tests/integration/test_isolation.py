@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import subprocess
 
+import aio_pika
+import asyncpg
 import pytest
 
 from support.isolation import (
     HOST_TAG,
     add_vhost,
     create_database,
+    create_environment,
     delete_vhost,
     drop_abandoned_environments,
     drop_database,
+    drop_environment,
     list_test_databases,
     list_vhosts,
     unique_name,
@@ -53,3 +57,25 @@ async def test_what_a_killed_run_left_is_dropped_and_nothing_else() -> None:
             if name in left:
                 delete_vhost(name)
             await drop_database(name)
+
+
+async def test_a_new_environment_is_usable_as_soon_as_it_is_made() -> None:
+    """add_vhost imports the vhost and its permissions in one rabbitmqctl call; the broker
+    must have applied both when that call returns, since every test connects right after."""
+    environment = await create_environment("usable")
+    try:
+        connection = await aio_pika.connect(environment.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue("isolation.probe", exclusive=True)
+            await channel.default_exchange.publish(aio_pika.Message(b"here"), queue.name)
+            message = await queue.get(timeout=5)
+            assert message.body == b"here"
+        database = await asyncpg.connect(environment.database_url)
+        try:
+            assert await database.fetchval("SELECT count(*) FROM schema_migrations") > 0
+        finally:
+            await database.close()
+    finally:
+        await drop_environment(environment)
+    assert environment.name not in list_vhosts()
