@@ -25,7 +25,12 @@ def test_the_surge_drill_runs_and_reports_every_message_accounted_for(tmp_path: 
     assert step["citizen_messages"] > 0
     assert (step["lost"], step["pending_after_drain"], step["duplicates"]) == (0, 0, 0)
     assert step["unanswered"] == 0
-    assert set(report["ceilings"]) == {"publish_confirm", "consume_ack", "insert"}
+    assert set(report["ceilings"]) == {
+        "publish_confirm",
+        "publish_confirm_ingress_route",
+        "consume_ack",
+        "insert",
+    }
     assert report["final_line"].startswith("surge: ")
     assert report["final_line"] in result.stdout
     assert (tmp_path / "surge.md").read_text().count("| offered/s |") >= 1
