@@ -52,8 +52,9 @@ format: install
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-# Two workers share the tests that need only their own vhost and database; the few that stop
-# the servers themselves run alone, after them (scripts/run-tests.sh).
+# Two workers share the tests that need only their own vhost and database; the few that must
+# run alone (they stop the servers, or sweep up what looks abandoned) run after them
+# (scripts/run-tests.sh).
 test: install services lint
 	PYTEST=$(BIN)/pytest scripts/run-tests.sh $(PYTEST_ARGS)
 

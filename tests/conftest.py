@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from support import scenarios
 from support.isolation import (
+    RUN_PID_VARIABLE,
     Environment,
     EnvironmentFactory,
     create_environment,
@@ -17,6 +19,12 @@ from support.isolation import (
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "webhooks"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # In the process that starts the run (before pytest-xdist starts its workers); a worker
+    # inherits the variable, and keeps it (support/isolation.py).
+    os.environ.setdefault(RUN_PID_VARIABLE, str(os.getpid()))
 
 
 @pytest.fixture(scope="session")

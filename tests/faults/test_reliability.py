@@ -21,7 +21,7 @@ from support.waiting import eventually
 pytestmark = pytest.mark.faults
 
 
-@pytest.mark.servers
+@pytest.mark.alone
 async def test_rabbitmq_restarted_during_traffic(harness: Harness) -> None:
     log = TrafficLog()
     traffic = harness.traffic(citizen_messages(400), log)
@@ -58,7 +58,7 @@ async def test_a_consumer_killed_mid_batch_loses_and_duplicates_nothing(
     assert_nothing_lost(outcome)
 
 
-@pytest.mark.servers
+@pytest.mark.alone
 async def test_postgres_down_for_a_while_makes_work_wait_not_vanish(harness: Harness) -> None:
     log = TrafficLog()
     traffic = harness.traffic(citizen_messages(400), log)

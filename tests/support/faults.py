@@ -1,7 +1,8 @@
 """Faults injected into the machine's real RabbitMQ and Postgres servers.
 
-These stop and start the servers themselves, so they run only in the reliability suite, one
-at a time, and always put the server back (a `finally` restarts it even when a test fails).
+These stop and start the servers themselves, so they run only in the reliability suite, in
+tests marked `alone` (make test runs those one at a time, after every other test), and always
+put the server back (a `finally` restarts it even when a test fails).
 """
 
 from __future__ import annotations

@@ -103,11 +103,16 @@ async def drop_database(name: str) -> None:
 HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
+# Set by tests/conftest.py in the pytest process that starts the run, before any worker:
+# pytest-xdist's workers and the processes tests start (the surge drill) inherit it.
+RUN_PID_VARIABLE = "CIVICLINE_TEST_RUN_PID"
+
+
 def _run_pid() -> int:
-    """The pid of the pytest process running the tests: this one, or under pytest-xdist (make
-    test) the controller whose worker this is. A worker's own command line does not say
-    pytest, so a name carrying it would look abandoned to the other worker's sweep."""
-    return os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+    """The pid of the pytest process running the tests. Names carry it, not the pid of a
+    worker or of a drill a test started: their command lines do not say pytest, so their
+    names would look abandoned to a sweep elsewhere in the run."""
+    return int(os.environ.get(RUN_PID_VARIABLE) or os.getpid())
 
 
 def unique_name(label: str) -> str:
@@ -167,7 +172,7 @@ async def drop_abandoned_environments() -> list[str]:
         if not _abandoned(name):
             continue
         if name in vhosts:
-            delete_vhost(name)
+            delete_vhost(name, missing_ok=True)  # another run's sweep may be a step ahead
         if name in databases:
             await drop_database(name)
         dropped.append(name)
@@ -202,8 +207,13 @@ def add_vhost(name: str, *, user: str | None = None) -> None:
     _rabbitmqctl("import_definitions", stdin=json.dumps(definitions))
 
 
-def delete_vhost(name: str) -> None:
-    _rabbitmqctl("delete_vhost", name)
+def delete_vhost(name: str, *, missing_ok: bool = False) -> None:
+    try:
+        _rabbitmqctl("delete_vhost", name)
+    except RuntimeError:
+        if missing_ok and name not in list_vhosts():
+            return
+        raise
 
 
 async def create_environment(label: str) -> Environment:

@@ -2,8 +2,7 @@
 
 A scenario appends its line to LINES; tests/faults/conftest.py moves it into its test's report
 (under PROPERTY), which reaches the pytest process that prints from a pytest-xdist worker too;
-tests/conftest.py prints them all at the end of the run. No imports: the root conftest, loaded
-for the unit tests as well, reads this module.
+tests/conftest.py prints them all at the end of the run.
 """
 
 LINES: list[str] = []
