@@ -75,12 +75,13 @@ class SendSchedule:
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._epochs: dict[str, int] = collections.defaultdict(int)
 
-    async def wait_for_slot(self, phone_number_id: str) -> None:
-        """Return at this replica's next slot of the shared schedule, ready to send."""
+    async def wait_for_slot(self, phone_number_id: str) -> Slot:
+        """Return at this replica's next slot of the shared schedule, ready to send: the
+        slot."""
         while True:
             slot = await self.take_slot(phone_number_id)
             if self.go(phone_number_id, slot):
-                return
+                return slot
 
     async def take_slot(self, phone_number_id: str, *, early: float = 0.0) -> Slot:
         """This replica's next slot, returned `early` seconds before it is due.
