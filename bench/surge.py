@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,8 @@ import aio_pika  # noqa: E402
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
 
-from civicline.common.amqp import CORRELATION_HEADER, KIND_HEADER  # noqa: E402
-from civicline.common.topology import EXCHANGE, INBOUND_WEBHOOK, declare  # noqa: E402
+from civicline.common.amqp import Broker, Publisher  # noqa: E402
+from civicline.ingress.app import publish_webhook, webhook_event_id  # noqa: E402
 from civicline.simulator.signing import SIGNATURE_HEADER, sign  # noqa: E402
 from civicline.simulator.webhooks import status_webhook, text_message_webhook  # noqa: E402
 from support.accounting import queue_depths  # noqa: E402
@@ -236,7 +236,7 @@ async def amqp_ceilings(amqp_url: str, seconds: float) -> tuple[dict[str, float]
         consume_rate = consumed / (loop.time() - start)
         await queue.cancel(tag)
         await queue.delete(if_unused=False, if_empty=False)
-        route_rate = await ingress_route_ceiling(channel, seconds)
+    route_rate = await ingress_route_ceiling(amqp_url, seconds)
     return {
         "publish_confirm": publish_rate,
         "consume_ack": consume_rate,
@@ -256,45 +256,34 @@ async def publish_loop(
     return published, published / (loop.time() - start)
 
 
-async def ingress_route_ceiling(channel: aio_pika.abc.AbstractChannel, seconds: float) -> float:
-    """The raw ceiling above, for what ingress publishes where it publishes it: a signed
-    webhook's bytes with ingress's properties and headers, to the civicline exchange as
-    inbound.webhook, so that each message is appended to both quorum queues bound to that
-    key (router.inbound and audit.events), where the raw loop feeds one. The topology is
-    declared as the services declare it; the two queues are purged after."""
-    await declare(channel)
-    exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+async def ingress_route_ceiling(amqp_url: str, seconds: float) -> float:
+    """The raw ceiling above, for what ingress publishes where it publishes it: ingress's own
+    publish (publish_webhook: a signed webhook with its properties and headers, to the
+    civicline exchange as inbound.webhook, so into both quorum queues bound to that key)
+    through the services' Publisher, without the HTTP server in front. The two queues are
+    purged after."""
+    broker = Broker(amqp_url, connection_name="civicline-bench-ceiling")
+    await broker.connection()
+    publisher = Publisher(broker, timeout=30.0)
     body = text_message_webhook(wa_id="829900000001", text=QUESTIONS[0])[0]
-    signature = sign(body, APP_SECRET)
-    serial = 0
-
-    def publish() -> Awaitable[object]:
-        nonlocal serial
-        serial += 1
-        event = f"ceiling-{serial}"
-        return exchange.publish(
-            aio_pika.Message(
-                body,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=event,
-                correlation_id=event,
-                content_type="application/json",
-                timestamp=datetime.now(UTC),
-                headers={
-                    KIND_HEADER: INBOUND_WEBHOOK,
-                    "x-hub-signature-256": signature,
-                    "x-received-at": datetime.now(UTC).isoformat(),
-                    CORRELATION_HEADER: event,
-                },
-            ),
-            INBOUND_WEBHOOK,
-            mandatory=True,
+    signature, raw_event_id = sign(body, APP_SECRET), webhook_event_id(body)
+    try:
+        _, rate = await publish_loop(
+            seconds,
+            lambda: publish_webhook(publisher, body, raw_event_id, signature, "application/json"),
         )
-
-    _, rate = await publish_loop(seconds, publish)
-    for name in INGRESS_QUEUES:
-        await (await channel.declare_queue(name, passive=True)).purge()
+    finally:
+        await broker.close()
+    await purge(amqp_url, INGRESS_QUEUES)
     return rate
+
+
+async def purge(amqp_url: str, queues: tuple[str, ...]) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in queues:
+            await (await channel.declare_queue(name, passive=True)).purge()
 
 
 async def insert_ceiling(database_url: str, seconds: float) -> tuple[float, str]:
@@ -399,12 +388,7 @@ async def ingress_alone(
         await asyncio.gather(*(client(n) for n in range(concurrency)))
         elapsed = loop.time() - began
         cores = cpu_share(before, meter.read(), elapsed)
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for name in INGRESS_QUEUES:
-            queue = await channel.declare_queue(name, passive=True)
-            await queue.purge()
+    await purge(amqp_url, INGRESS_QUEUES)
     return {
         "accepted_per_s": round(len(latencies) / elapsed, 1),
         "failed": failures,
@@ -932,8 +916,8 @@ def markdown(result: dict[str, Any]) -> str:
         f" ({plural(len(result['settings']['vacuum_analyze_runs_s']), 'time')}).",
         "",
         f"Ceilings: publish+confirm {ceilings['publish_confirm']:.0f} msgs/s into one quorum"
-        " queue; on ingress's route (a signed webhook with ingress's headers, to the exchange"
-        f" as inbound.webhook, so into both queues bound to it)"
+        " queue; on ingress's route (ingress's own publish of a signed webhook, without its"
+        " HTTP server, to the exchange as inbound.webhook, so into both queues bound to it)"
         f" {ceilings['publish_confirm_ingress_route']:.0f} msgs/s;"
         f" consume+ack {ceilings['consume_ack']:.0f} msgs/s;"
         f" batch insert {ceilings['insert']:.0f} rows/s.",
