@@ -171,6 +171,37 @@ def test_sealed_bytes_cannot_be_moved_to_another_event() -> None:
         privacy.open_sealed(key, b.entry.event_id, privacy.PAYLOAD_FIELD, a.entry.sealed_payload)
 
 
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_an_event_key_is_hkdf_sha256_of_its_citizens_keys(count: int) -> None:
+    # event_key writes HKDF out as two HMACs; it must stay the KDF docs/audit-log.md names, or
+    # events sealed before would no longer open.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    data_keys = [bytes([n + 7]) * 32 for n in range(count)]
+    expected = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"civicline audit event v2"
+    ).derive(b"".join(data_keys))
+    assert privacy.event_key(data_keys) == expected
+
+
+def test_a_batch_never_seals_two_fields_with_one_nonce() -> None:
+    # Events about one citizen share one cipher within a batch; AES-GCM is only safe while no
+    # nonce repeats under a key, so every sealed field of the batch has its own.
+    records = [webhook(CITIZEN), message("wamid.A"), message("wamid.B"), webhook(CITIZEN)]
+    sealing, data = sealing_for(*records)
+    entries = entries_for(list(enumerate(records)), AT, sealing)
+    sealed = [e.entry.sealed_payload for e in entries] + [e.raw_body for e in entries[::3]]
+    nonces = [field[: privacy.NONCE_SIZE] for field in sealed if field is not None]
+    assert len(nonces) == 6
+    assert len(set(nonces)) == 6
+    for entry in entries:
+        row = stored_row(entry, entry.raw_body)
+        keys = {sealing.keys[s][0]: data[s] for s in entry.entry.subjects}
+        payload, raw, _ = opened(row, keys)
+        assert (payload, raw) == (dict(entry.record.payload), entry.record.raw_body)
+
+
 def test_wrapped_keys_open_only_with_the_master_key() -> None:
     key_id, data_key = uuid.uuid4(), b"k" * 32
     wrapped = privacy.wrap_key(KEYS.master, key_id, data_key)

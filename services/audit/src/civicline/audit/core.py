@@ -149,6 +149,56 @@ class Sealing:
     random: privacy.Random = os.urandom
 
 
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """An event's payload and raw body sealed under the keys named by `key_ids`."""
+
+    key_ids: tuple[uuid.UUID, ...]
+    payload: bytes
+    raw_body: bytes | None
+
+
+def seal_records(records: Iterable[AuditRecord], sealing: Sealing) -> dict[uuid.UUID, Sealed]:
+    """Seal each record about citizens under its citizens' data keys.
+
+    One cipher per set of citizens, never kept past the call (an erased key must leave no
+    copy), and the nonces drawn from the random source in one call: AES-GCM needs a fresh
+    one for every field sealed under a key, and a system call each cost more than the sealing.
+    """
+    todo = [
+        (record, subjects)
+        for record in records
+        if (subjects := sealing.subjects.get(record.event_id, ()))
+    ]
+    fields = sum(1 + (record.raw_body is not None) for record, _ in todo)
+    drawn = sealing.random(privacy.NONCE_SIZE * fields) if fields else b""
+    nonces = (
+        drawn[at : at + privacy.NONCE_SIZE] for at in range(0, len(drawn), privacy.NONCE_SIZE)
+    )
+    ciphers: dict[tuple[uuid.UUID, ...], Any] = {}
+    sealed: dict[uuid.UUID, Sealed] = {}
+    for record, subjects in todo:
+        key_ids = tuple(sealing.keys[subject][0] for subject in subjects)
+        cipher = ciphers.get(key_ids)
+        if cipher is None:
+            cipher = privacy.event_cipher([sealing.keys[subject][1] for subject in subjects])
+            ciphers[key_ids] = cipher
+        payload = privacy.seal_with(
+            cipher,
+            record.event_id,
+            privacy.PAYLOAD_FIELD,
+            record.payload_json().encode(),
+            next(nonces),
+        )
+        raw_body = None
+        if record.raw_body is not None:
+            raw_body = privacy.seal_with(
+                cipher, record.event_id, privacy.RAW_BODY_FIELD, record.raw_body, next(nonces)
+            )
+        sealed[record.event_id] = Sealed(key_ids, payload, raw_body)
+    return sealed
+
+
 def entries_for(
     numbered: Iterable[tuple[int, AuditRecord]],
     recorded_at: datetime,
@@ -156,25 +206,12 @@ def entries_for(
 ) -> list[NumberedEntry]:
     """The rows a numbered batch becomes (encoding v2), each with the leaf hash of exactly what
     is stored. With `sealing`, an event about citizens has its payload and raw body sealed."""
+    numbered = list(numbered)
+    sealed = seal_records((r for _, r in numbered), sealing) if sealing is not None else {}
     result = []
     for seq, record in numbered:
-        subjects = sealing.subjects.get(record.event_id, ()) if sealing is not None else ()
-        payload_json: str | None = record.payload_json()
-        sealed_payload = None
-        raw_body = record.raw_body
-        key_ids: tuple[uuid.UUID, ...] = ()
-        if subjects and sealing is not None:
-            key_ids = tuple(sealing.keys[subject][0] for subject in subjects)
-            key = privacy.event_key([sealing.keys[subject][1] for subject in subjects])
-            assert payload_json is not None
-            sealed_payload = privacy.seal(
-                key, record.event_id, privacy.PAYLOAD_FIELD, payload_json.encode(), sealing.random
-            )
-            payload_json = None
-            if raw_body is not None:
-                raw_body = privacy.seal(
-                    key, record.event_id, privacy.RAW_BODY_FIELD, raw_body, sealing.random
-                )
+        done = sealed.get(record.event_id)
+        raw_body = done.raw_body if done else record.raw_body
         entry = LogEntry.with_raw_body(
             seq=seq,
             event_id=record.event_id,
@@ -183,14 +220,14 @@ def entries_for(
             recorded_at=recorded_at,
             correlation_id=record.correlation_id,
             schema_version=record.schema_version,
-            payload_json=payload_json,
+            payload_json=None if done else record.payload_json(),
             raw_body=raw_body,
             signature=record.signature,
             version=SEALED_VERSION,
             intent=record.intent(),
-            subjects=subjects,
-            key_ids=key_ids,
-            sealed_payload=sealed_payload,
+            subjects=sealing.subjects[record.event_id] if done and sealing else (),
+            key_ids=done.key_ids if done else (),
+            sealed_payload=done.payload if done else None,
         )
         result.append(NumberedEntry(record, entry, entry_leaf_hash(entry), raw_body))
     return result
