@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import multiprocessing
 import os
 import random
@@ -33,6 +34,7 @@ import asyncpg
 
 from civicline.audit import merkle
 from civicline.audit.adapters import (
+    BatchWriter,
     append_batch,
     consistency_proof,
     inclusion_proof,
@@ -45,6 +47,7 @@ from civicline.audit.core import AuditRecord
 from civicline.audit.privacy import PrivacyKeys
 from civicline.common.api_tokens import token_hash
 from civicline.common.migrate import migrate
+from civicline.common.settings import Settings
 
 ADMIN_URL = os.environ.get(
     "CIVICLINE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -127,6 +130,32 @@ async def append_all(
                 print(f"  {done} events, {done / (now - started):.0f} events/s", flush=True)
 
     await asyncio.gather(*(writer() for _ in range(writers)))
+    return events / (time.perf_counter() - started)
+
+
+async def append_through_writer(
+    pool: asyncpg.Pool, events: int, batch: int, keys: PrivacyKeys | None
+) -> float:
+    """Append as one audit service does: records handed one by one to its BatchWriter, with a
+    consumer's prefetch (two batches) of them waiting at any time, each released when its
+    batch has committed."""
+    linger = next(f.default for f in dataclasses.fields(Settings) if f.name == "audit_batch_linger")
+    writer = BatchWriter(pool, batch_size=batch, linger=float(linger), keys=keys)  # type: ignore[arg-type]
+    writer.start()
+    remaining = events
+    started = time.perf_counter()
+
+    async def feeder() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            take = min(batch, remaining)
+            remaining -= take
+            await asyncio.gather(*(writer.append(record) for record in records(take)))
+
+    try:
+        await asyncio.gather(feeder(), feeder())
+    finally:
+        await writer.close()
     return events / (time.perf_counter() - started)
 
 
@@ -268,6 +297,11 @@ async def main() -> None:
     parser.add_argument(
         "--in-clear", action="store_true", help="append without pseudonyms and sealing"
     )
+    parser.add_argument(
+        "--service-writer",
+        action="store_true",
+        help="append through the audit service's BatchWriter (one replica), not --writers loops",
+    )
     args = parser.parse_args()
 
     name = f"civicline_bench_{secrets.token_hex(3)}"
@@ -284,7 +318,10 @@ async def main() -> None:
             f" in each of {args.processes} processes"
         )
         keys = None if args.in_clear else KEYS
-        if args.processes > 1:
+        if args.service_writer:
+            print("  through the service's BatchWriter: one process, batches one after another")
+            rate = await append_through_writer(pool, args.events, args.batch, keys)
+        elif args.processes > 1:
             rate = await append_in_processes(
                 url, args.events, args.batch, args.writers, args.processes, args.in_clear
             )
