@@ -202,6 +202,38 @@ def test_a_batch_never_seals_two_fields_with_one_nonce() -> None:
         assert (payload, raw) == (dict(entry.record.payload), entry.record.raw_body)
 
 
+def test_each_event_of_a_batch_opens_with_its_own_citizens_keys_only() -> None:
+    # Events about different citizens in one batch never share a cipher: each opens with the
+    # keys of the citizens it is about, and not with another event's.
+    other = "15550001111"
+    records = [webhook(CITIZEN, other), message("wamid.A"), message("wamid.B", other)]
+    sealing, data = sealing_for(*records)
+    entries = entries_for(list(enumerate(records)), AT, sealing)
+    assert len({e.entry.key_ids for e in entries}) == 3
+    event_keys = [privacy.event_key([data[s] for s in e.entry.subjects]) for e in entries]
+    for entry, own in zip(entries, event_keys, strict=True):
+        sealed = entry.entry.sealed_payload
+        assert sealed is not None
+        opened_payload = privacy.open_sealed(
+            own, entry.entry.event_id, privacy.PAYLOAD_FIELD, sealed
+        )
+        assert orjson.loads(opened_payload) == dict(entry.record.payload)
+        for stranger in event_keys:
+            if stranger != own:
+                with pytest.raises(privacy.PrivacyError):
+                    privacy.open_sealed(
+                        stranger, entry.entry.event_id, privacy.PAYLOAD_FIELD, sealed
+                    )
+
+
+def test_a_random_source_that_falls_short_is_refused() -> None:
+    record = message("wamid.A")
+    sealing, _ = sealing_for(record)
+    short = dataclasses.replace(sealing, random=lambda size: bytes(size - 1))
+    with pytest.raises(ValueError, match="random source"):
+        entries_for([(0, record)], AT, short)
+
+
 def test_wrapped_keys_open_only_with_the_master_key() -> None:
     key_id, data_key = uuid.uuid4(), b"k" * 32
     wrapped = privacy.wrap_key(KEYS.master, key_id, data_key)

@@ -5,8 +5,10 @@ at N events.
 
 Creates its own database (dropped at the end unless --keep) on the server of
 CIVICLINE_TEST_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres), appends
-N events in batches of --batch from --writers concurrent writers, exactly as the service does
-(one transaction per batch, serialised on the log-state row), signs a tree head, then times
+N events in batches of --batch (one transaction per batch, serialised on the log-state row,
+as the service writes them) from --writers concurrent writers, or with --service-writer through
+the service's own BatchWriter (one replica's batches one after another; without the AMQP
+consumer in front, so an upper bound for one replica), signs a tree head, then times
 inclusion and consistency proofs read from the stored subtrees, the query API's main queries
 over HTTP (p50/p99), and the full verify. Events are about CITIZENS citizens and sealed for them
 (encoding v2), as the service writes them with AUDIT_PSEUDONYM_KEY and AUDIT_MASTER_KEY set.
@@ -140,7 +142,8 @@ async def append_through_writer(
     consumer's prefetch (two batches) of them waiting at any time, each released when its
     batch has committed."""
     linger = next(f.default for f in dataclasses.fields(Settings) if f.name == "audit_batch_linger")
-    writer = BatchWriter(pool, batch_size=batch, linger=float(linger), keys=keys)  # type: ignore[arg-type]
+    assert isinstance(linger, float)
+    writer = BatchWriter(pool, batch_size=batch, linger=linger, keys=keys)
     writer.start()
     remaining = events
     started = time.perf_counter()
@@ -286,7 +289,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--writers", type=int, default=2, help="concurrent batches per process")
+    parser.add_argument(
+        "--writers", type=int, default=None, help="concurrent batches per process (default 2)"
+    )
     parser.add_argument(
         "--processes", type=int, default=1, help="writer processes, as audit replicas are"
     )
@@ -303,6 +308,9 @@ async def main() -> None:
         help="append through the audit service's BatchWriter (one replica), not --writers loops",
     )
     args = parser.parse_args()
+    if args.service_writer and (args.processes > 1 or args.writers is not None):
+        parser.error("--service-writer is one replica's BatchWriter: no --writers, --processes")
+    args.writers = args.writers or 2
 
     name = f"civicline_bench_{secrets.token_hex(3)}"
     admin = await asyncpg.connect(ADMIN_URL)
@@ -313,13 +321,14 @@ async def main() -> None:
         await migrate(connection)
         pool = await asyncpg.create_pool(url, min_size=args.writers, max_size=args.writers + 1)
 
-        print(
-            f"appending {args.events} events, batches of {args.batch}, {args.writers} writers"
-            f" in each of {args.processes} processes"
+        how = (
+            "the service's BatchWriter"
+            if args.service_writer
+            else f"{args.writers} writers in each of {args.processes} processes"
         )
+        print(f"appending {args.events} events, batches of {args.batch}, {how}")
         keys = None if args.in_clear else KEYS
         if args.service_writer:
-            print("  through the service's BatchWriter: one process, batches one after another")
             rate = await append_through_writer(pool, args.events, args.batch, keys)
         elif args.processes > 1:
             rate = await append_in_processes(

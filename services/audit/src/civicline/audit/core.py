@@ -172,6 +172,9 @@ def seal_records(records: Iterable[AuditRecord], sealing: Sealing) -> dict[uuid.
     ]
     fields = sum(1 + (record.raw_body is not None) for record, _ in todo)
     drawn = sealing.random(privacy.NONCE_SIZE * fields) if fields else b""
+    if len(drawn) != privacy.NONCE_SIZE * fields:
+        # A short nonce would still encrypt, into a row that never opens again.
+        raise ValueError(f"the random source gave {len(drawn)} bytes for {fields} nonces")
     nonces = (
         drawn[at : at + privacy.NONCE_SIZE] for at in range(0, len(drawn), privacy.NONCE_SIZE)
     )

@@ -73,9 +73,12 @@ def normalise_citizen(citizen: str) -> str:
     return text
 
 
-# Pseudonyms remembered per process: a citizen's message, its reply and their statuses each
-# name the citizen again, and one HMAC and one normalisation are most of an event's cost to
-# pseudonymise. The pseudonyms are what the log stores in clear anyway.
+# Pseudonyms remembered per process, by the citizen id as an event names it: a citizen's
+# message, its reply and their statuses each name the citizen again, and one HMAC and one
+# normalisation are most of an event's cost to pseudonymise. The ids are in the process's
+# memory anyway while it handles their events; an erased citizen's id stays until the map
+# is cleared (the pseudonym can always be recomputed with the pseudonym key, so this keeps
+# nothing that crypto-shredding destroys).
 PSEUDONYMS_REMEMBERED = 65_536
 
 
