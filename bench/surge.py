@@ -32,10 +32,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))  # hotspots, also when this file is loaded by path
 
 import aio_pika  # noqa: E402
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
+import hotspots  # noqa: E402  (bench/, beside this script)
 
 from civicline.common.amqp import Broker, Publisher  # noqa: E402
 from civicline.ingress.app import publish_webhook, webhook_event_id  # noqa: E402
@@ -964,6 +966,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", result["final_line"]]
     if result.get("bottleneck"):
         lines += ["", result["bottleneck"]]
+    if result.get("bottleneck_profile"):
+        lines += ["", "```", result["bottleneck_profile"], "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -975,20 +979,32 @@ STAGE_QUEUES = {
 }
 
 
-def bottleneck(steps: list[dict[str, Any]], cores: int) -> str | None:
-    """Which stage held back the first step that was not sustained, and whether the machine
-    itself was out of CPU (then every stage competes with the others for it)."""
+def bottleneck_stage(steps: list[dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
+    """The stage that held back the first step that was not sustained (the one whose queue
+    grew most; ingress when no queue did), with that step."""
     step = next((s for s in steps if not s["sustained"]), None)
     if step is None:
         return None
     depths = step["queue_depths"]
     backlog = {stage: depths.get(queue, 0) for stage, queue in STAGE_QUEUES.items()}
     stage, depth = max(backlog.items(), key=lambda item: item[1])
-    if depth == 0:
-        stage = "ingress"
+    return ("ingress" if depth == 0 else stage), step
+
+
+def bottleneck(steps: list[dict[str, Any]], cores: int) -> str | None:
+    """Which stage held back the first step that was not sustained, and whether the machine
+    itself was out of CPU (then every stage competes with the others for it)."""
+    found = bottleneck_stage(steps)
+    if found is None:
+        return None
+    stage, step = found
+    if stage == "ingress":
         where = f"ingress p99 {step['ingress_p99_ms']} ms with no queue backlog"
     else:
-        where = f"{depth} messages waiting in {STAGE_QUEUES[stage]} at the step's end"
+        where = (
+            f"{step['queue_depths'].get(STAGE_QUEUES[stage], 0)} messages waiting in"
+            f" {STAGE_QUEUES[stage]} at the step's end"
+        )
     used = sum(step["cpu_cores"].values())
     text = (
         f"bottleneck at {cell(step['offered_per_s'])} citizen msgs/s: {stage} ({where};"
@@ -1001,6 +1017,21 @@ def bottleneck(steps: list[dict[str, Any]], cores: int) -> str | None:
             " (most: " + ", ".join(f"{name} {share:.2f}" for name, share in heaviest) + ")."
         )
     return text
+
+
+def bottleneck_profile(steps: list[dict[str, Any]], profiles: Path, top: int = 12) -> str | None:
+    """Where the bottleneck stage spent its CPU over the ramp, from its py-spy profile."""
+    found = bottleneck_stage(steps)
+    if found is None:
+        return None
+    path = profiles / f"{found[0]}.txt"
+    if not path.exists():
+        return None
+    return (
+        f"Where {found[0]} spent its CPU over the ramp (py-spy, {path.name}; all of it:"
+        f" bench/hotspots.py {path}):\n\n"
+        + hotspots.summarise(hotspots.parse(path.read_text()), top)
+    )
 
 
 def final_line(steps: list[dict[str, Any]]) -> str:
@@ -1056,6 +1087,10 @@ def main() -> None:
         raise SystemExit(130) from None
     result["final_line"] = final_line(result["steps"])
     result["bottleneck"] = bottleneck(result["steps"], result["machine"]["cores"] or 1)
+    if args.profile:
+        result["bottleneck_profile"] = bottleneck_profile(result["steps"], args.out / "profiles")
+    elif result["bottleneck"]:
+        result["bottleneck"] += " `--profile` shows where its CPU goes."
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "surge.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)

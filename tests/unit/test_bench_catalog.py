@@ -1,6 +1,7 @@
-"""The surge drill pins the responder's office hours (bench/surge.py `--office`), so its load
-does not depend on the hour in Seoul when it runs: closed, every new conversation also gets the
-away notice; open, none does."""
+"""The surge drill's pure parts. It pins the responder's office hours (bench/surge.py
+`--office`), so its load does not depend on the hour in Seoul when it runs: closed, every new
+conversation also gets the away notice; open, none does. And its report names the stage that
+held back the first failed step, with where that stage's CPU went when it was profiled."""
 
 from __future__ import annotations
 
@@ -53,3 +54,40 @@ def test_office_open_sends_no_away_notice_and_keeps_every_reply(
     assert catalog.office is None
     assert catalog.replies == shipped.replies
     assert catalog.templates == shipped.templates
+
+
+def step(offered: float, sustained: bool, depths: dict[str, int]) -> dict[str, object]:
+    return {
+        "offered_per_s": offered,
+        "sustained": sustained,
+        "queue_depths": depths,
+        "ingress_p99_ms": 900.0,
+        "cpu_cores": {"ingress": 0.2, "router": 0.3, "responder": 0.25, "audit": 0.3},
+    }
+
+
+def test_the_report_names_the_stage_that_held_back_and_shows_its_profile(
+    surge: ModuleType, tmp_path: Path
+) -> None:
+    steps = [
+        step(100, True, {}),
+        step(250, False, {"router.inbound": 40, "responder.messages": 900, "audit.events": 10}),
+        step(500, False, {"router.inbound": 4000}),
+    ]
+    assert surge.bottleneck_stage(steps) == ("responder", steps[1])
+    text = surge.bottleneck(steps, cores=2)
+    assert text.startswith("bottleneck at 250 citizen msgs/s: responder (900 messages waiting")
+    # py-spy's raw format: the stack, outermost frame first, then the sample count.
+    (tmp_path / "responder.txt").write_text(
+        "main (responder/__main__.py:8);answer (civicline/responder/handlers.py:110);"
+        "claim (civicline/responder/adapters.py:205) 30\n"
+        "main (responder/__main__.py:8);publish (aio_pika/exchange.py:99) 10\n"
+    )
+    profile = surge.bottleneck_profile(steps, tmp_path)
+    assert profile is not None
+    assert "40 samples" in profile
+    assert "75.0%  claim (responder/adapters.py)" in profile
+    assert surge.bottleneck_profile(steps, tmp_path / "none") is None  # run without --profile
+    # With no queue grown, the step was held back at the door.
+    assert surge.bottleneck_stage([step(250, False, {})])[0] == "ingress"
+    assert surge.bottleneck_stage(steps[:1]) is None
