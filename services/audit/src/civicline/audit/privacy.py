@@ -181,16 +181,11 @@ def _associated(event_id: uuid.UUID, what: bytes) -> bytes:
     return b"civicline-audit-v2" + event_id.bytes + what
 
 
-def seal(
-    key: bytes, event_id: uuid.UUID, what: bytes, plain: bytes, random: Random = os.urandom
-) -> bytes:
-    return seal_with(_aesgcm(key), event_id, what, plain, random(NONCE_SIZE))
-
-
 def seal_with(
     cipher: AESGCM, event_id: uuid.UUID, what: bytes, plain: bytes, nonce: bytes
 ) -> bytes:
-    """`seal`, with the event key's cipher set up and the nonce drawn by the caller (a batch
+    """`plain` sealed for one field of one event, `open_sealed`'s inverse. The caller sets up
+    the event key's cipher (`event_cipher`) and draws a fresh nonce for every field (a batch
     sets up one cipher per set of citizens and draws all its nonces at once)."""
     return nonce + cipher.encrypt(nonce, plain, _associated(event_id, what))
 
