@@ -48,6 +48,7 @@ from civicline.audit.checkpoint import Signer, open_checkpoint
 from civicline.audit.core import AuditRecord
 from civicline.audit.privacy import PrivacyKeys
 from civicline.common.api_tokens import token_hash
+from civicline.common.db import connect_pool
 from civicline.common.migrate import migrate
 from civicline.common.settings import Settings
 
@@ -175,7 +176,7 @@ def _append_in_process(
 
     async def run() -> None:
         keys = None if secret_pair is None else PrivacyKeys.from_secrets(*secret_pair)
-        pool = await asyncpg.create_pool(url, min_size=writers, max_size=writers + 1)
+        pool = await connect_pool(url, min_size=writers, max_size=writers + 1)
         try:
             await asyncio.sleep(max(0.0, start - time.time()))  # every process starts together
             await append_all(pool, events, batch, writers, keys)
@@ -319,7 +320,8 @@ async def main() -> None:
     try:
         connection = await asyncpg.connect(url)
         await migrate(connection)
-        pool = await asyncpg.create_pool(url, min_size=args.writers, max_size=args.writers + 1)
+        # The services' pool (no reset round trip when a connection goes back), as the audit's.
+        pool = await connect_pool(url, min_size=args.writers, max_size=args.writers + 1)
 
         how = (
             "the service's BatchWriter"
