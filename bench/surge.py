@@ -40,6 +40,7 @@ import asyncpg  # noqa: E402
 import hotspots  # noqa: E402  (bench/, beside this script)
 
 from civicline.common.amqp import Broker, Publisher  # noqa: E402
+from civicline.common.service import new_event_loop  # noqa: E402
 from civicline.ingress.app import publish_webhook, webhook_event_id  # noqa: E402
 from civicline.simulator.signing import SIGNATURE_HEADER, sign  # noqa: E402
 from civicline.simulator.webhooks import status_webhook, text_message_webhook  # noqa: E402
@@ -1081,7 +1082,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / ".run" / "bench")
     args = parser.parse_args()
     try:
-        result = asyncio.run(drill(args))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            result = runner.run(drill(args))
     except KeyboardInterrupt:
         print("surge: interrupted; environment and processes cleaned up", file=sys.stderr)
         raise SystemExit(130) from None
