@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import os
 import platform
@@ -38,6 +37,7 @@ import aio_pika  # noqa: E402
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
 import hotspots  # noqa: E402  (bench/, beside this script)
+from webhook_client import WebhookClient, WebhookClientError  # noqa: E402
 
 from civicline.common.amqp import Broker, Publisher  # noqa: E402
 from civicline.common.service import new_event_loop  # noqa: E402
@@ -84,7 +84,7 @@ class Post:
 
 @dataclass
 class Drill:
-    url: str
+    client: WebhookClient
     simulator_url: str
     session: aiohttp.ClientSession
     posts: list[Post] = field(default_factory=list)
@@ -99,18 +99,14 @@ class Drill:
     limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(512))
 
     async def post(self, post: Post, body: bytes) -> None:
-        headers = {SIGNATURE_HEADER: sign(body, APP_SECRET), "Content-Type": "application/json"}
+        request = self.client.request(body, {SIGNATURE_HEADER: sign(body, APP_SECRET)})
         async with self.limit:
             loop = asyncio.get_running_loop()
             post.sent_at = time.time()
             started = loop.time()
             try:
-                async with self.session.post(
-                    self.url, data=io.BytesIO(body), headers=headers
-                ) as answer:
-                    await answer.read()
-                    post.status = answer.status
-            except (aiohttp.ClientError, TimeoutError):
+                post.status = await self.client.post(request)
+            except (WebhookClientError, TimeoutError):
                 post.status = 0
             post.latency = loop.time() - started
         self.posts.append(post)
@@ -355,30 +351,28 @@ async def ingress_alone(
         text_message_webhook(wa_id=f"8299{i:08d}", text=QUESTIONS[i % len(QUESTIONS)])[0]
         for i in range(2048)
     ]
-    signed = [(body, sign(body, APP_SECRET)) for body in bodies]
     latencies: list[float] = []
     failures = 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    sender = WebhookClient(pipeline.webhook_url)
+    requests = [sender.request(body, {SIGNATURE_HEADER: sign(body, APP_SECRET)}) for body in bodies]
+    try:
 
         async def client(offset: int) -> None:
             nonlocal failures
             i = offset
             while loop.time() < deadline:
-                body, signature = signed[i % len(signed)]
+                request = requests[i % len(requests)]
                 i += concurrency
                 started = loop.time()
-                async with session.post(
-                    pipeline.webhook_url,
-                    data=body,
-                    headers={SIGNATURE_HEADER: signature, "Content-Type": "application/json"},
-                ) as answer:
-                    await answer.read()
-                    if answer.status != 200:
-                        failures += 1
-                        continue
+                try:
+                    status = await sender.post(request)
+                except (WebhookClientError, TimeoutError):
+                    status = 0
+                if status != 200:
+                    failures += 1
+                    continue
                 latencies.append(loop.time() - started)
 
         parts = {
@@ -391,6 +385,8 @@ async def ingress_alone(
         await asyncio.gather(*(client(n) for n in range(concurrency)))
         elapsed = loop.time() - began
         cores = cpu_share(before, meter.read(), elapsed)
+    finally:
+        sender.close()
     await purge(amqp_url, INGRESS_QUEUES)
     return {
         "accepted_per_s": round(len(latencies) / elapsed, 1),
@@ -612,10 +608,9 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
         meter = CpuMeter.for_pipeline(pipeline, simulator)
         profilers = start_profilers(pipeline, out / "profiles") if args.profile else {}
 
-        connector = aiohttp.TCPConnector(limit=512)
         timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            state = Drill(pipeline.webhook_url, simulator_url, session)
+        async with aiohttp.ClientSession(timeout=timeout) as session:  # the simulator's record
+            state = Drill(WebhookClient(pipeline.webhook_url), simulator_url, session)
             state.statuses = () if args.no_statuses else STATUSES
             poller = asyncio.create_task(state.poll_replies())
             services = list(pipeline.processes)
@@ -690,6 +685,7 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             poller.cancel()  # first: it spawns posts, which must all end before the session
             while state.tasks:
                 await asyncio.wait(set(state.tasks))
+            state.client.close()
             sampler.cancel()
             if maintainer is not None:
                 maintainer.cancel()
