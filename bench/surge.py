@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -343,10 +343,15 @@ def stop_profilers(profilers: dict[str, subprocess.Popen[bytes]]) -> None:
 
 
 async def ingress_alone(
-    pipeline: Pipeline, amqp_url: str, seconds: float, concurrency: int = 256
+    pipeline: Pipeline,
+    amqp_url: str,
+    seconds: float,
+    replicas: Sequence[str] = ("ingress",),
+    concurrency: int = 256,
 ) -> dict[str, Any]:
     """Ingress with nothing consuming behind it: signed webhooks posted back to back by
-    `concurrency` clients for `seconds`; then the queues it filled are purged."""
+    `concurrency` clients for `seconds`, spread over the `replicas` as a Kubernetes Service
+    spreads connections over ingress pods; then the queues it filled are purged."""
     bodies = [
         text_message_webhook(wa_id=f"8299{i:08d}", text=QUESTIONS[i % len(QUESTIONS)])[0]
         for i in range(2048)
@@ -355,15 +360,21 @@ async def ingress_alone(
     failures = 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    sender = WebhookClient(pipeline.webhook_url)
-    requests = [sender.request(body, {SIGNATURE_HEADER: sign(body, APP_SECRET)}) for body in bodies]
+    senders = [
+        WebhookClient(f"http://127.0.0.1:{pipeline.ports[replica]}/webhook") for replica in replicas
+    ]
+    requests = [
+        [sender.request(body, {SIGNATURE_HEADER: sign(body, APP_SECRET)}) for body in bodies]
+        for sender in senders
+    ]
     try:
 
         async def client(offset: int) -> None:
             nonlocal failures
             i = offset
+            sender, own = senders[offset % len(senders)], requests[offset % len(senders)]
             while loop.time() < deadline:
-                request = requests[i % len(requests)]
+                request = own[i % len(own)]
                 i += concurrency
                 started = loop.time()
                 try:
@@ -376,7 +387,7 @@ async def ingress_alone(
                 latencies.append(loop.time() - started)
 
         parts = {
-            "ingress": [pipeline.processes["ingress"].pid],
+            "ingress": [pipeline.processes[replica].pid for replica in replicas],
             "load generator": [os.getpid()],
             "rabbitmq": pids_named("beam.smp"),
         }
@@ -386,9 +397,11 @@ async def ingress_alone(
         elapsed = loop.time() - began
         cores = cpu_share(before, meter.read(), elapsed)
     finally:
-        sender.close()
+        for sender in senders:
+            sender.close()
     await purge(amqp_url, INGRESS_QUEUES)
     return {
+        "replicas": len(replicas),
         "accepted_per_s": round(len(latencies) / elapsed, 1),
         "failed": failures,
         "p50_ms": ms(percentile(latencies, 50)),
@@ -601,6 +614,15 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
         alone = await ingress_alone(pipeline, environment.amqp_url, args.ceiling_seconds)
         stop_profilers(alone_profile)
         print(f"ingress alone: {ingress_alone_line(alone, ceilings)}", flush=True)
+        # A second replica, as a second pod behind the Service: how far ingress scales out.
+        pipeline.start("ingress-2")
+        await pipeline.wait_ready("ingress-2")
+        alone_two = await ingress_alone(
+            pipeline, environment.amqp_url, args.ceiling_seconds, ("ingress", "ingress-2")
+        )
+        await pipeline.stop("ingress-2")
+        del pipeline.processes["ingress-2"]
+        print(f"ingress alone, 2 replicas: {ingress_alone_line(alone_two, ceilings)}", flush=True)
         for service in ("router", "responder", "audit"):
             pipeline.start(service)
         for service in ("router", "responder", "audit"):
@@ -729,6 +751,7 @@ async def drill(args: argparse.Namespace) -> dict[str, Any]:
             },
             "ceilings": ceilings,
             "ingress_alone": alone,
+            "ingress_alone_two_replicas": alone_two,
             "memory": memory_growth(samples, services),
             "memory_samples": [
                 {"seconds": round(at - samples[0][0], 1), "rss_mib": mem} for at, mem in samples
@@ -924,6 +947,9 @@ def markdown(result: dict[str, Any]) -> str:
         "Ingress alone (nothing consuming, 256 clients back to back): "
         + ingress_alone_line(result["ingress_alone"], ceilings)
         + ".",
+        "",
+        "Ingress alone, two replicas (as two pods behind one Service, the clients spread over"
+        " them): " + ingress_alone_line(result["ingress_alone_two_replicas"], ceilings) + ".",
         "",
         "| " + " | ".join(title for title, _ in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),

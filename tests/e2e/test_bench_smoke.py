@@ -31,6 +31,14 @@ def test_the_surge_drill_runs_and_reports_every_message_accounted_for(tmp_path: 
         "consume_ack",
         "insert",
     }
+    # Ingress alone, as one replica and as two: every post answered 200 by a replica.
+    for alone, replicas in (
+        (report["ingress_alone"], 1),
+        (report["ingress_alone_two_replicas"], 2),
+    ):
+        assert alone["replicas"] == replicas
+        assert alone["accepted_per_s"] > 0
+        assert alone["failed"] == 0
     assert report["final_line"].startswith("surge: ")
     assert report["final_line"] in result.stdout
     assert (tmp_path / "surge.md").read_text().count("| offered/s |") >= 1
