@@ -65,6 +65,8 @@ class _Connection(asyncio.Protocol):
             name, _, value = line.partition(":")
             name = name.strip().lower()
             if name == "content-length":
+                if not value.strip().isdigit():
+                    raise WebhookClientError(f"a malformed Content-Length: {value.strip()!r}")
                 length = int(value)
             elif name == "connection":
                 keep_alive = value.strip().lower() == "keep-alive"
