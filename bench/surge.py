@@ -360,9 +360,7 @@ async def ingress_alone(
     failures = 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    senders = [
-        WebhookClient(f"http://127.0.0.1:{pipeline.ports[replica]}/webhook") for replica in replicas
-    ]
+    senders = [WebhookClient(pipeline.webhook_url_of(replica)) for replica in replicas]
     requests = [
         [sender.request(body, {SIGNATURE_HEADER: sign(body, APP_SECRET)}) for body in bodies]
         for sender in senders

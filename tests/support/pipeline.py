@@ -43,7 +43,11 @@ class Pipeline:
 
     @property
     def webhook_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['ingress']}/webhook"
+        return self.webhook_url_of("ingress")
+
+    def webhook_url_of(self, replica: str) -> str:
+        """The webhook URL of one ingress replica ("ingress", "ingress-2")."""
+        return f"http://127.0.0.1:{self.ports[replica]}/webhook"
 
     def env(self) -> dict[str, str]:
         chosen = {
