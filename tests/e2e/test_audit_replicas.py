@@ -24,7 +24,7 @@ from civicline.audit.core import AUDIT_CHECKPOINT
 from civicline.common.amqp import Broker, Publisher
 from civicline.common.envelope import Envelope, event_id, utc_now
 from support.isolation import Environment, EnvironmentFactory
-from support.pipeline import free_port
+from support.pipeline import free_port, listens_on
 from support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -112,9 +112,12 @@ async def wait_ready(replica: AuditProcess) -> None:
                 aiohttp.ClientSession() as session,
                 session.get(f"http://127.0.0.1:{replica.port}/readyz") as answer,
             ):
-                return answer.status == 200
+                ready = answer.status == 200
         except aiohttp.ClientError:
             return False
+        if ready and not listens_on(replica.process.pid, replica.port):
+            raise AssertionError(f"another process answers on port {replica.port}")
+        return ready
 
     await eventually(ready, what="audit to be ready")
 

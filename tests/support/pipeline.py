@@ -4,7 +4,9 @@ and Kubernetes run them, so tests see real start-up, signals and exit codes."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,10 +24,74 @@ VERIFY_TOKEN = "e2e-verify-token"
 ACCESS_TOKEN = "e2e-access-token"
 
 
+# The lowest port a test server takes. The kernel's ephemeral range (32768-60999 on Linux) is
+# where every outgoing connection takes its local port and where binding port 0 draws from, so
+# a port found free there may be some client's a moment later, or be handed to another worker
+# that asked for port 0 too. Test servers take theirs below it, each pytest-xdist worker from
+# its own slice, so two workers of one run never pick the same port.
+LOWEST_PORT = 10_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _worker_ports() -> list[int]:
+    """This worker's slice of the ports below the ephemeral range, starting at a random place
+    in it (another run of the suite on the machine starts elsewhere)."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = (_ephemeral_low() - LOWEST_PORT) // count
+    if size < 100:  # an unusual ip_local_port_range: let the kernel choose
+        return []
+    first = LOWEST_PORT + worker * size
+    start = random.randrange(size)
+    return [first + (start + i) % size for i in range(size)]
+
+
+_next_ports = itertools.cycle(_worker_ports() or [0])
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port no socket is bound to now, for a test server to listen on."""
+    for port in itertools.islice(_next_ports, 1000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise RuntimeError("no free port for a test server among 1000 tried")
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on TCP `port` (Linux's /proc; where there
+    is none, taken as true). A server that answers on a port is not always the one started
+    there: if that one failed to bind, another process may own the port."""
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not all(table.exists() for table in tables):
+        return True
+    listening = set()
+    for table in tables:
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                listening.add(f"socket:[{inode}]")
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # the process is gone
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(descriptor) in listening:
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
 
 
 @dataclass
@@ -103,11 +169,19 @@ class Pipeline:
                 try:
                     async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as answer:
                         if answer.status == 200:
-                            return
+                            break
                 except (aiohttp.ClientError, TimeoutError):
                     pass
                 await asyncio.sleep(0.1)
-        raise AssertionError(f"{service} not ready after {timeout}s:\n{self.log_tail(service)}")
+            else:
+                raise AssertionError(
+                    f"{service} not ready after {timeout}s:\n{self.log_tail(service)}"
+                )
+        if not listens_on(process.pid, self.ports[service]):
+            raise AssertionError(
+                f"another process answers on {service}'s port {self.ports[service]}:\n"
+                f"{self.log_tail(service)}"
+            )
 
     async def is_ready(self, service: str) -> bool:
         url = f"http://127.0.0.1:{self.ports[service]}/readyz"
