@@ -28,8 +28,10 @@ ACCESS_TOKEN = "e2e-access-token"
 # where every outgoing connection takes its local port and where binding port 0 draws from, so
 # a port found free there may be some client's a moment later, or be handed to another worker
 # that asked for port 0 too. Test servers take theirs below it, each pytest-xdist worker from
-# its own slice, so two workers of one run never pick the same port.
-LOWEST_PORT = 10_000
+# its own slice, so two workers of one run never pick the same port. They start above the ports
+# of RabbitMQ and Postgres (5432, 5672, 15672, 25672): the tests that stop those servers must
+# find their ports free when they start them again.
+LOWEST_PORT = 26_000
 
 
 def _ephemeral_low() -> int:
