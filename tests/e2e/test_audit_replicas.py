@@ -5,11 +5,7 @@ logged (as a leaf of a later head), and publishing a head never makes another on
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +20,7 @@ from civicline.audit.core import AUDIT_CHECKPOINT
 from civicline.common.amqp import Broker, Publisher
 from civicline.common.envelope import Envelope, event_id, utc_now
 from support.isolation import Environment, EnvironmentFactory
-from support.pipeline import free_port, listens_on
+from support.pipeline import Pipeline
 from support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -34,10 +30,9 @@ SIGNER = Signer.generate("replicas.civicline.example/audit")
 
 
 @dataclass
-class AuditProcess:
+class AuditReplica:
     port: int
-    process: subprocess.Popen[bytes]
-    log: Path
+    checkpoint_dir: Path
 
     async def metric(self, name: str) -> float:
         async with (
@@ -48,9 +43,6 @@ class AuditProcess:
         match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
         return float(match.group(1)) if match else 0.0
 
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-
 
 @pytest.fixture(scope="module")
 async def environment(environments: EnvironmentFactory) -> Environment:
@@ -60,66 +52,34 @@ async def environment(environments: EnvironmentFactory) -> Environment:
 @pytest.fixture(scope="module")
 async def replicas(
     environment: Environment, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[list[AuditProcess]]:
+) -> AsyncIterator[list[AuditReplica]]:
     directory = tmp_path_factory.mktemp("audit-replicas")
     key = directory / "audit.key"
     key.write_text(SIGNER.encode())
-    started = [spawn(environment, directory, number, key) for number in range(2)]
+    checkpoints = directory / "checkpoints"
+    pipeline = Pipeline(
+        environment,
+        "http://127.0.0.1:9",  # audit never calls the Graph API
+        directory,
+        extra_env={
+            "AUDIT_SIGNING_KEY_FILE": str(key),
+            "AUDIT_CHECKPOINT_DIR": str(checkpoints),
+            "AUDIT_CHECKPOINT_INTERVAL": "0.3",
+            "AUDIT_CHECKPOINT_SIZE": "100",
+            "AUDIT_BATCH_SIZE": "16",
+            "CIVICLINE_PREFETCH": "16",
+        },
+    )
+    names = ("audit", "audit-2")
     try:
-        for replica in started:
-            await wait_ready(replica)
-        yield started
+        for name in names:
+            pipeline.start(name)
+        for name in names:
+            await pipeline.wait_ready(name)
+        yield [AuditReplica(pipeline.ports[name], checkpoints) for name in names]
     finally:
-        codes = []
-        for replica in started:
-            if replica.process.poll() is None:
-                replica.process.send_signal(signal.SIGTERM)
-            codes.append(await asyncio.to_thread(replica.process.wait, 30))
-        assert codes == [0, 0], [replica.tail() for replica in started]
-
-
-def spawn(environment: Environment, directory: Path, number: int, key: Path) -> AuditProcess:
-    port = free_port()
-    log = directory / f"audit-{number}.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "civicline.audit"],
-            env={
-                **os.environ,
-                "CIVICLINE_AMQP_URL": environment.amqp_url,
-                "CIVICLINE_DATABASE_URL": environment.database_url,
-                "AUDIT_PORT": str(port),
-                "AUDIT_SIGNING_KEY_FILE": str(key),
-                "AUDIT_CHECKPOINT_DIR": str(directory / "checkpoints"),
-                "AUDIT_CHECKPOINT_INTERVAL": "0.3",
-                "AUDIT_CHECKPOINT_SIZE": "100",
-                "AUDIT_BATCH_SIZE": "16",
-                "CIVICLINE_PREFETCH": "16",
-                "CIVICLINE_SHUTDOWN_TIMEOUT": "10",
-            },
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    return AuditProcess(port, process, log)
-
-
-async def wait_ready(replica: AuditProcess) -> None:
-    async def ready() -> bool:
-        if replica.process.poll() is not None:
-            raise AssertionError(f"audit exited:\n{replica.tail()}")
-        try:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(f"http://127.0.0.1:{replica.port}/readyz") as answer,
-            ):
-                ready = answer.status == 200
-        except aiohttp.ClientError:
-            return False
-        if ready and not listens_on(replica.process.pid, replica.port):
-            raise AssertionError(f"another process answers on port {replica.port}")
-        return ready
-
-    await eventually(ready, what="audit to be ready")
+        codes = await pipeline.stop_all()
+        assert codes == dict.fromkeys(names, 0), {n: pipeline.log_tail(n) for n in names}
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +135,7 @@ async def quiescent(database: asyncpg.Pool) -> bool:
 
 
 async def test_two_replicas_keep_one_gapless_verifiable_log(
-    environment: Environment, replicas: list[AuditProcess], database: asyncpg.Pool
+    environment: Environment, replicas: list[AuditReplica], database: asyncpg.Pool
 ) -> None:
     await publish_events(environment, EVENTS)
 
@@ -214,13 +174,12 @@ async def test_two_replicas_keep_one_gapless_verifiable_log(
 
 
 async def test_heads_are_written_outside_the_database(
-    replicas: list[AuditProcess], database: asyncpg.Pool, tmp_path_factory: pytest.TempPathFactory
+    replicas: list[AuditReplica], database: asyncpg.Pool, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     latest = await database.fetchrow(
         "SELECT tree_size, checkpoint FROM audit_tree_head ORDER BY tree_size DESC LIMIT 1"
     )
     assert latest is not None
-    directory = replicas[0].log.parent / "checkpoints"
-    written = directory / f"{latest['tree_size']:020d}.checkpoint"
+    written = replicas[0].checkpoint_dir / f"{latest['tree_size']:020d}.checkpoint"
     assert written.read_text() == latest["checkpoint"]
     assert open_checkpoint(written.read_text(), SIGNER.verifier).tree_size == latest["tree_size"]
