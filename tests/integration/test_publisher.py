@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from civicline.common.amqp import (
     ATTEMPT_HEADER,
@@ -54,14 +54,16 @@ async def probe(environment: Environment) -> AsyncIterator[AbstractChannel]:
         yield channel
 
 
-async def drain(channel: AbstractChannel, queue_name: str, count: int) -> list[aio_pika.Message]:
-    """`count` messages of the queue, acked, in the order they arrived."""
+async def drain(
+    channel: AbstractChannel, queue_name: str, count: int
+) -> list[AbstractIncomingMessage]:
+    """`count` messages of the queue, acked, in the order they arrived; then nothing more."""
     await channel.set_qos(prefetch_count=count)
     queue = await channel.get_queue(queue_name, ensure=False)
-    got: list[aio_pika.abc.AbstractIncomingMessage] = []
+    got: list[AbstractIncomingMessage] = []
     done = asyncio.Event()
 
-    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    async def on_message(message: AbstractIncomingMessage) -> None:
         got.append(message)
         await message.ack()
         if len(got) >= count:
@@ -73,7 +75,8 @@ async def drain(channel: AbstractChannel, queue_name: str, count: int) -> list[a
             await done.wait()
     finally:
         await queue.cancel(tag)
-    return got  # type: ignore[return-value]
+    assert await consume_one(channel, queue_name, timeout=0.5) is None, f"more in {queue_name}"
+    return got
 
 
 async def test_concurrent_publishes_each_arrive_once_in_every_bound_queue(
