@@ -4,7 +4,8 @@ window, and every message gets exactly one reply. (How close to the limit the se
 performance figure, measured by `make bench`, not asserted here: on a loaded machine it varies.)
 
 The simulator runs as its own process here: in the test process its clock would be read by an
-event loop also busy sending the burst, bunching arrivals that were in fact well spaced.
+event loop also busy sending the burst, bunching arrivals that were in fact well spaced. For
+the same reason it runs ahead of the pipeline in the CPU's queue (support.pipeline).
 """
 
 from __future__ import annotations
