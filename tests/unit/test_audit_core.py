@@ -242,3 +242,31 @@ def test_when_a_checkpoint_is_due(
         )
         is due
     )
+
+
+def audit_envelope(kind: str) -> dict[str, Any]:
+    envelope = Envelope(
+        event_id=uuid.uuid4(),
+        kind=kind,
+        occurred_at=RECEIVED_AT,
+        correlation_id=f"forged:{kind}",
+        payload={"first_seq": 100, "end_seq": 101, "retired": [[0, 10**12]]},
+    )
+    return {
+        "routing_key": "message.voting",  # the routing key does not make the kind
+        "body": envelope.encode(),
+        "message_id": str(envelope.event_id),
+        "headers": {},
+        "content_type": "application/vnd.civicline.event+json",
+    }
+
+
+@pytest.mark.parametrize("kind", ["audit.retention", "audit.access", "audit.erasure", "audit.x"])
+def test_the_audits_own_records_are_never_taken_from_the_bus(kind: str) -> None:
+    with pytest.raises(UnauditableDelivery, match=f"{kind} events are the audit's own"):
+        record_from_delivery(**audit_envelope(kind))
+
+
+def test_a_checkpoint_coming_back_on_the_bus_is_logged() -> None:
+    record = record_from_delivery(**audit_envelope(AUDIT_CHECKPOINT))
+    assert record.kind == AUDIT_CHECKPOINT

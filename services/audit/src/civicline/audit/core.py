@@ -22,6 +22,8 @@ from civicline.common.topology import INBOUND_WEBHOOK
 # The routing key of the signed tree heads the audit service publishes. It consumes `#`, so
 # each one comes back and becomes a leaf itself; such leaves alone never make a new head due.
 AUDIT_CHECKPOINT = "audit.checkpoint"
+# The prefix of every kind the audit service writes itself.
+AUDIT_KINDS = "audit."
 
 # Perfect subtrees are stored at every SUBTREE_STEP-th level: any perfect subtree hash is then
 # at most 2**(SUBTREE_STEP - 1) stored hashes away. Fixed by migration 0004's CHECK.
@@ -73,6 +75,14 @@ def record_from_delivery(
         envelope = Envelope.decode(body)
     except EnvelopeError as exc:
         raise UnauditableDelivery(f"{routing_key}: {exc}") from None
+    if envelope.kind.startswith(AUDIT_KINDS) and envelope.kind != AUDIT_CHECKPOINT:
+        # The log's own records (access, erasure, retention) are appended by this service
+        # alone, never taken from the bus: a forged audit.retention would otherwise claim a
+        # range retired to `verify` and to exports, and a forged access or erasure would be
+        # a false record of who read or destroyed what.
+        raise UnauditableDelivery(
+            f"{routing_key}: {envelope.kind} events are the audit's own and never come from the bus"
+        )
     return AuditRecord(
         event_id=envelope.event_id,
         kind=envelope.kind,
