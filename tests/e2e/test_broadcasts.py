@@ -64,12 +64,8 @@ async def pipeline(
             "CAMPAIGN_OPERATOR_TOKENS": OPERATOR_TOKEN,
         },
     )
-    try:
-        await running.start_all()
+    async with running.started():
         yield running
-    finally:
-        exit_codes = await running.stop_all()
-    assert exit_codes == dict.fromkeys(exit_codes, 0), exit_codes
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -93,12 +93,8 @@ async def pipeline(
     with pytest.MonkeyPatch.context() as patch:
         # Pipeline passes os.environ on to the services it starts.
         patch.setenv("RESPONDER_CATALOG_PATH", str(closed_office_catalog))
-        try:
-            await running.start_all()
+        async with running.started():
             yield running
-        finally:
-            exit_codes = await running.stop_all()
-    assert exit_codes == dict.fromkeys(exit_codes, 0), exit_codes
 
 
 @pytest.fixture(scope="module")

@@ -40,15 +40,8 @@ async def pipeline(
         tmp_path_factory.mktemp("logs"),
         extra_env={"RESPONDER_SEND_RATE": str(SEND_RATE)},
     )
-    try:
-        await running.start_all()
-        for replica in ("router-2", "responder-2"):
-            running.start(replica)
-            await running.wait_ready(replica)
+    async with running.started("router-2", "responder-2"):
         yield running
-    finally:
-        exit_codes = await running.stop_all()
-    assert exit_codes == dict.fromkeys(exit_codes, 0), exit_codes
 
 
 async def wait_for_replies(simulator: Simulator, wamids: list[str], timeout: float = 60) -> None:

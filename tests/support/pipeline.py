@@ -4,6 +4,7 @@ and Kubernetes run them, so tests see real start-up, signals and exit codes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import warnings
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,6 +204,21 @@ class Pipeline:
             self.start(service)
         for service in SERVICES:
             await self.wait_ready(service)
+
+    @contextlib.asynccontextmanager
+    async def started(self, *replicas: str) -> AsyncIterator[Pipeline]:
+        """The four services (and `replicas`, such as "responder-2") started and ready for the
+        block; then stopped with SIGTERM, ingress first. Each must drain and exit 0: a
+        graceful shutdown is part of the contract."""
+        try:
+            await self.start_all()
+            for replica in replicas:
+                self.start(replica)
+                await self.wait_ready(replica)
+            yield self
+        finally:
+            exit_codes = await self.stop_all()
+        assert exit_codes == dict.fromkeys(exit_codes, 0), exit_codes
 
     async def stop(self, service: str, timeout: float = 30.0) -> int:
         """SIGTERM, then wait for the exit; returns the exit code."""
