@@ -123,8 +123,13 @@ async def _not_sent(
 ) -> None:
     if exc.ambiguous:
         # Timed out or cut after the request left: Meta may have accepted it. The ledger
-        # keeps 'sending'; report the doubt rather than risk a second reply.
-        await publisher.publish_envelope(in_doubt_event(inbound, utc_now()))
+        # keeps 'sending'; report the doubt rather than risk a second reply. The report
+        # outlasts an outage here, in place: raised to the consumer, the handler would run
+        # again for this delivery, take the 'sending' claim for its own, and send again.
+        report = in_doubt_event(inbound, utc_now())
+        await outlast_outage(
+            lambda: publisher.publish_envelope(report), what="report of a reply in doubt"
+        )
         REPLIES.labels("in_doubt").inc()
         log.warning("reply_in_doubt", error=str(exc))
         return
