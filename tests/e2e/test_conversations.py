@@ -451,6 +451,31 @@ async def test_stop_words_in_every_language_get_one_confirmation_and_nothing_els
     await asyncio.gather(*(opt_out_and_back(word, lang) for word, lang in STOP_WORDS))
 
 
+async def test_an_older_start_delivered_after_a_newer_stop_leaves_the_citizen_opted_out(
+    talk: Callable[..., Conversation], database: asyncpg.Pool
+) -> None:
+    # Meta does not guarantee order (reference §4): the STOP, sent a minute after a START,
+    # arrives first. Its word stands; the START is not confirmed.
+    conversation = talk()
+    now = int(time.time())
+    stop = await conversation.say("STOP", at=now)
+    await conversation.reply_to(stop)
+    start = await conversation.say("START", at=now - 60)
+    audited = await conversation.audit(start, {"message.opt_in", "outbound.suppressed"})
+    assert audited["message.opt_in"]["opted_out"] is True
+    assert audited["outbound.suppressed"]["reason"] == "superseded"
+    question = await conversation.say("투표소 위치 알려주세요")
+    await conversation.audit(question, {"message.voting", "outbound.suppressed"})
+    assert [s.reply_to for s in conversation.sends()] == [stop]
+    contact = await database.fetchrow(
+        "SELECT opted_out, consent_changed_at FROM contacts WHERE citizen = $1",
+        conversation.citizen,
+    )
+    assert contact is not None
+    assert contact["opted_out"]
+    assert contact["consent_changed_at"] == datetime.fromtimestamp(now, UTC)
+
+
 # --- the 24-hour window -----------------------------------------------------------------------
 
 

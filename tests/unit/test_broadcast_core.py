@@ -195,7 +195,9 @@ def test_without_a_topic_the_citizen_gets_the_topic_list() -> None:
 
 
 def test_an_opted_out_citizen_still_gets_the_confirmation() -> None:
-    opted_out = replace(inbound("subscribe", "en", "election"), opted_out=True)
+    # Withdrawing a topic leaves the opt-out as it is; subscribing to one ends it (so the
+    # router's event then says opted_out False, and one that still says True is superseded).
+    opted_out = replace(inbound("unsubscribe", "en", "election"), opted_out=True)
     assert isinstance(decide(opted_out, CATALOG, topics=TOPICS), Send)
 
 

@@ -87,10 +87,30 @@ def test_a_message_the_router_says_needs_no_reply_gets_none() -> None:
 def test_an_opted_out_citizen_gets_only_the_confirmations() -> None:
     assert decide(ref(opted_out=True), CATALOG, now=OPEN) == Suppress("opted_out")
     assert decide(ref(opted_out=True, intent="report_abuse"), CATALOG) == Suppress("opted_out")
-    for intent in ("opt_out", "opt_in"):
-        decision = sent(ref(opted_out=True, intent=intent), now=CLOSED)
+    # The router's event carries the state after the message: opted out after STOP, not after
+    # START (a START is the opted-out citizen's message that ends it).
+    for intent, after in (("opt_out", True), ("opt_in", False)):
+        decision = sent(ref(opted_out=after, intent=intent), now=CLOSED)
         assert decision.reply.intent == intent
         assert decision.away is None  # the confirmation stays the only message
+
+
+@pytest.mark.parametrize(
+    ("intent", "topic", "after"),
+    [("opt_out", None, False), ("opt_in", None, True), ("subscribe", "election", True)],
+)
+def test_a_consent_message_older_than_the_citizens_latest_is_not_confirmed(
+    intent: str, topic: str | None, after: bool
+) -> None:
+    # The router left the citizen's state as their newer word set it (the opposite of this
+    # message's): "you will receive messages" after a later STOP would be false.
+    decision = decide(ref(intent=intent, topic=topic, opted_out=after), CATALOG, now=OPEN)
+    assert decision == Suppress("superseded")
+
+
+def test_an_opted_out_citizen_asking_for_the_topic_list_still_gets_it() -> None:
+    # A subscribe naming no topic changes no consent: it is answered with the list.
+    assert isinstance(decide(ref(intent="subscribe", opted_out=True), CATALOG, now=OPEN), Send)
 
 
 # --- the 24-hour window -----------------------------------------------------------------------
@@ -322,7 +342,8 @@ def test_inside_office_hours_there_is_no_away_notice() -> None:
 
 @pytest.mark.parametrize("intent", ["report_abuse", "office_hours", "opt_out", "opt_in"])
 def test_no_away_notice_after_urgent_confirmation_or_office_hours_answers(intent: str) -> None:
-    decision = sent(ref(intent=intent, timestamp=CLOSED.isoformat()), now=CLOSED)
+    after = ref(intent=intent, timestamp=CLOSED.isoformat(), opted_out=intent == "opt_out")
+    decision = sent(after, now=CLOSED)
     assert decision.reply.intent == intent
     assert decision.away is None
 

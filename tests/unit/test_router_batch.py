@@ -137,3 +137,64 @@ def test_a_contact_carries_its_stored_state_into_the_batch(rules: Rules) -> None
     plan = plan_batch(batch, set(dedup_keys(batch)), stored, rules)
     # An emoji says nothing about language: the stored Japanese stays.
     assert plan.contacts[(NUMBER, "821077778888")].language == "ja"
+
+
+def consent_after(
+    order: list[Delivered], rules: Rules, *, batches: int
+) -> tuple[ContactState, list[str], dict[str, bool]]:
+    """Route `order` (in that arrival order) in one batch or one webhook per batch: the
+    contact at the end, the wamids whose consent was recorded, and each message event's
+    `opted_out`."""
+    contacts: dict[ContactKey, ContactState] = {}
+    recorded: list[str] = []
+    opted_out: dict[str, bool] = {}
+    for batch in [order] if batches == 1 else [[item] for item in order]:
+        plan = plan_batch(batch, set(dedup_keys(batch)), contacts, rules)
+        contacts.update(plan.contacts)
+        recorded += [consent.wamid for consent in plan.consents]
+        opted_out |= {
+            e.payload["wamid"]: e.payload["opted_out"]
+            for e in plan.events
+            if e.kind.startswith("message.")
+        }
+    [contact] = contacts.values()
+    return contact, recorded, opted_out
+
+
+@pytest.mark.parametrize("batches", [1, 2])
+def test_an_older_start_delivered_after_a_newer_stop_does_not_undo_it(
+    rules: Rules, batches: int
+) -> None:
+    stop = text("821012340001", "STOP", "wamid.STOP", 1_790_000_200)
+    start = text("821012340001", "START", "wamid.START", 1_790_000_100)
+    contact, recorded, opted_out = consent_after([stop, start], rules, batches=batches)
+    assert contact.opted_out
+    assert contact.consent_changed_at == datetime.fromtimestamp(1_790_000_200, UTC)
+    # The START's event says the citizen is still opted out, so it is not confirmed.
+    assert opted_out == {"wamid.STOP": True, "wamid.START": True}
+    assert recorded == ["wamid.STOP"]
+
+
+@pytest.mark.parametrize("batches", [1, 2])
+def test_an_older_stop_delivered_after_a_newer_subscription_withdraws_nothing(
+    rules: Rules, batches: int
+) -> None:
+    subscribe = text("821012340002", "SUBSCRIBE ELECTION", "wamid.SUB", 1_790_000_200)
+    stop = text("821012340002", "STOP", "wamid.STOP", 1_790_000_100)
+    contact, recorded, opted_out = consent_after([subscribe, stop], rules, batches=batches)
+    assert not contact.opted_out
+    # The late STOP would have withdrawn every topic, the new subscription with them.
+    assert recorded == ["wamid.SUB"]
+    assert opted_out == {"wamid.SUB": False, "wamid.STOP": False}
+
+
+def test_consent_messages_in_order_each_take_effect(rules: Rules) -> None:
+    start = text("821012340003", "START", "wamid.START", 1_790_000_100)
+    stop = text("821012340003", "STOP", "wamid.STOP", 1_790_000_200)
+    contact, recorded, _ = consent_after([start, stop], rules, batches=2)
+    assert contact.opted_out
+    assert recorded == ["wamid.STOP"]  # START records no topic consent of its own
+    # Within one second (Meta's resolution) arrival order decides.
+    again = text("821012340003", "START", "wamid.START2", 1_790_000_200)
+    contact, _, _ = consent_after([start, stop, again], rules, batches=2)
+    assert not contact.opted_out

@@ -194,6 +194,8 @@ def decide(
         return NoReply()
     if inbound.opted_out and inbound.intent not in _ANSWERED_WHEN_OPTED_OUT:
         return Suppress("opted_out")
+    if consent_superseded(inbound):
+        return Suppress("superseded")
     if not within_window(inbound.timestamp, moment):
         template = choose_template(catalog, inbound.intent, inbound.language)
         return Send(template, _message(inbound, template, reply_to=inbound.wamid))
@@ -206,6 +208,18 @@ def decide(
         place = nearest(reply.places, inbound.location)
     message = _message(inbound, reply, reply_to=inbound.wamid, place=place)
     return Send(reply, message, away=_away(inbound, catalog, moment))
+
+
+def consent_superseded(inbound: InboundRef) -> bool:
+    """A STOP, START or topic subscription that the router found older than the citizen's
+    latest such message (Meta delivered them out of order), so it changed nothing: confirming
+    it would tell the citizen the opposite of what holds. The router's `opted_out` says what
+    does."""
+    if inbound.intent == "opt_out":
+        return not inbound.opted_out
+    if inbound.intent == "opt_in" or (inbound.intent == "subscribe" and inbound.topic is not None):
+        return inbound.opted_out
+    return False
 
 
 def subscription_reply(catalog: Catalog, topics: Topics, inbound: InboundRef) -> Reply:

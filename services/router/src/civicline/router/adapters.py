@@ -43,7 +43,7 @@ async def lock_contacts(
     )
     rows = await connection.fetch(
         """SELECT c.phone_number_id, c.citizen, c.language, c.opted_out, c.opted_out_at,
-                  c.last_inbound_at
+                  c.last_inbound_at, c.consent_changed_at
            FROM contacts c
            JOIN unnest($1::text[], $2::text[]) AS k(phone_number_id, citizen)
              USING (phone_number_id, citizen)
@@ -58,6 +58,7 @@ async def lock_contacts(
             opted_out=row["opted_out"],
             opted_out_at=row["opted_out_at"],
             last_inbound_at=row["last_inbound_at"],
+            consent_changed_at=row["consent_changed_at"],
         )
         for row in rows
     }
@@ -73,11 +74,12 @@ async def save_contacts(
     await connection.execute(
         """UPDATE contacts AS c
            SET language = u.language, opted_out = u.opted_out, opted_out_at = u.opted_out_at,
-               last_inbound_at = u.last_inbound_at, updated_at = now()
+               last_inbound_at = u.last_inbound_at, consent_changed_at = u.consent_changed_at,
+               updated_at = now()
            FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::timestamptz[],
-                       $6::timestamptz[])
+                       $6::timestamptz[], $7::timestamptz[])
                 AS u(phone_number_id, citizen, language, opted_out, opted_out_at,
-                     last_inbound_at)
+                     last_inbound_at, consent_changed_at)
            WHERE c.phone_number_id = u.phone_number_id AND c.citizen = u.citizen""",
         [k[0] for k in keys],
         [k[1] for k in keys],
@@ -85,6 +87,7 @@ async def save_contacts(
         [s.opted_out for s in states],
         [s.opted_out_at for s in states],
         [s.last_inbound_at for s in states],
+        [s.consent_changed_at for s in states],
     )
 
 

@@ -21,6 +21,7 @@ from civicline.router.events import (
     routed_events,
     status_dedup_key,
     status_event,
+    superseded,
 )
 from civicline.router.rules import Rules, classify
 
@@ -118,7 +119,7 @@ def plan_batch(
             route = classify(inbound, rules)
             after = apply_message(before, inbound, route, language)
             state[key] = plan.contacts[key] = after
-            if route.intent in CONSENT_INTENTS:
+            if route.intent in CONSENT_INTENTS and not superseded(before, inbound, route):
                 plan.consents.append(Consent(key, route, inbound.wamid, inbound.timestamp))
             lane = citizen_lanes.setdefault(key, [])
             if not lane:

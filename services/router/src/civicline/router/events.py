@@ -35,6 +35,10 @@ class ContactState:
     opted_out: bool = False
     opted_out_at: datetime | None = None
     last_inbound_at: datetime | None = None
+    # The time of the citizen's latest message that gave or withdrew consent (STOP, START, a
+    # topic subscription): Meta does not guarantee order, and an older one delivered after it
+    # changes nothing.
+    consent_changed_at: datetime | None = None
 
 
 # Delivery states that get their own routing key; anything else Meta invents is `status.other`
@@ -50,6 +54,25 @@ def status_dedup_key(status: DeliveryStatus) -> str:
     return f"status:{status.wamid}:{status.status}"
 
 
+def changes_consent(route: Route) -> bool:
+    """Whether the message says if the citizen may be messaged at all: STOP, START, or a
+    subscription to a topic (which asks for messages as plainly as START does)."""
+    return route.intent in ("opt_out", "opt_in") or (
+        route.intent == "subscribe" and route.topic is not None
+    )
+
+
+def superseded(contact: ContactState, message: InboundMessage, route: Route) -> bool:
+    """A consent message older than the citizen's latest one, delivered after it (reference
+    §4: order by timestamp, then by arrival): the newer word stands, this one changes nothing.
+    Within one second, Meta's resolution, arrival order decides."""
+    return (
+        changes_consent(route)
+        and contact.consent_changed_at is not None
+        and message.timestamp < contact.consent_changed_at
+    )
+
+
 def apply_message(
     contact: ContactState, message: InboundMessage, route: Route, language: str
 ) -> ContactState:
@@ -61,13 +84,18 @@ def apply_message(
     # Only letters say which language someone writes: "👍" or "12" must not reset it to English.
     if has_letters(message.text):
         updated = replace(updated, language=language)
+    if superseded(contact, message, route):
+        return updated
     if route.intent == "opt_out":
         # A repeated STOP keeps the time of the first: that is when consent was withdrawn.
         since = contact.opted_out_at if contact.opted_out else message.timestamp
-        updated = replace(updated, opted_out=True, opted_out_at=since)
-    elif route.intent == "opt_in" or (route.intent == "subscribe" and route.topic is not None):
-        # Subscribing to a topic asks for messages as plainly as START does.
-        updated = replace(updated, opted_out=False, opted_out_at=None)
+        updated = replace(
+            updated, opted_out=True, opted_out_at=since, consent_changed_at=message.timestamp
+        )
+    elif changes_consent(route):
+        updated = replace(
+            updated, opted_out=False, opted_out_at=None, consent_changed_at=message.timestamp
+        )
     return updated
 
 
