@@ -149,3 +149,46 @@ async def test_an_auditor_finds_a_conversation_by_number_and_the_citizen_is_forg
     assert code == 0, output
     assert "OK: events " in output, output
     assert "are proven by the signed tree head" in output, output
+
+
+# More than the audit service's database connections (connect_pool's default, 10).
+EXPORTS = 24
+
+
+async def test_auditors_exporting_at_once_never_stop_the_log(pipeline: Pipeline) -> None:
+    """An export records its access through the log's own writer, and must have it committed
+    before it answers. Exports holding every database connection of the service while they
+    waited for that record would leave the writer none: the API and the log would stop
+    together, for good."""
+    database_url = pipeline.environment.database_url
+    auditor = await create_token(database_url, "exporter", "auditor")
+    url = f"http://127.0.0.1:{pipeline.ports['audit']}/v1/export"
+
+    async def export(session: aiohttp.ClientSession) -> int:
+        async with session.get(url, params={"from_seq": "0"}) as response:
+            await response.read()
+            return response.status
+
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {auditor}"}) as session,
+        asyncio.timeout(60),
+    ):
+        statuses = await asyncio.gather(*(export(session) for _ in range(EXPORTS)))
+    assert statuses == [200] * EXPORTS
+
+    # The log goes on taking the pipeline's events.
+    body, wamid = text_message_webhook(wa_id="821011112222", text="Where do I vote?")
+    assert await send_webhook(pipeline.webhook_url, body, APP_SECRET) == 200
+
+    async def audited() -> bool:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return bool(
+                await connection.fetchval(
+                    "SELECT count(*) FROM audit_log WHERE correlation_id = $1", wamid
+                )
+            )
+        finally:
+            await connection.close()
+
+    await eventually(audited, what="a new message in the audit log", timeout=30)

@@ -3,6 +3,7 @@ heads as the log grows (when a signing key is configured)."""
 
 from __future__ import annotations
 
+import asyncpg
 import structlog
 from aiohttp import web
 
@@ -13,11 +14,18 @@ from civicline.audit.checkpoint import CheckpointError, Signer
 from civicline.audit.checkpointer import Checkpointer
 from civicline.audit.handlers import audit_handler
 from civicline.common.amqp import MessageHandler
+from civicline.common.db import close_pool, connect_pool
 from civicline.common.runtime import Runtime, create_consumer_app
 from civicline.common.settings import Settings, SettingsError
 from civicline.common.topology import AUDIT_EVENTS
 
 log = structlog.get_logger(__name__)
+
+# The auditors' API has database connections of its own. An export holds one for as long as it
+# streams, and records its access through the log's writer before it answers: on the writer's
+# pool, enough exports at once held every connection while they waited for the writer, which
+# then had none to write with, and the API and the log stopped together for good.
+API_CONNECTIONS = 4
 
 
 def load_signer(settings: Settings) -> Signer | None:
@@ -51,6 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     keys = load_privacy(settings)
     api = AuditApi(keys)
     writers: list[BatchWriter] = []
+    api_pools: list[asyncpg.Pool] = []
     checkpointers: list[Checkpointer] = []
 
     async def build_handler(runtime: Runtime) -> MessageHandler:
@@ -75,7 +84,9 @@ def create_app(settings: Settings) -> web.Application:
         )
         writer.start()
         writers.append(writer)
-        api.pool, api.writer = runtime.pool, writer
+        api_pool = await connect_pool(settings.database_url, max_size=API_CONNECTIONS)
+        api_pools.append(api_pool)
+        api.pool, api.writer = api_pool, writer
         return audit_handler(writer)
 
     # Prefetch at least a full batch, or batches could never fill.
@@ -109,12 +120,14 @@ def create_app(settings: Settings) -> web.Application:
         for checkpointer in checkpointers:
             await checkpointer.stop()
 
-    async def close_writers(app: web.Application) -> None:
+    async def close_writers_and_api_pools(app: web.Application) -> None:
         for writer in writers:
             await writer.close()
+        for pool in api_pools:
+            await close_pool(pool)
 
     add_api_routes(app, api)
     app.on_startup.append(announce)
     app.on_shutdown.append(stop_checkpointers)
-    app.on_cleanup.append(close_writers)
+    app.on_cleanup.append(close_writers_and_api_pools)
     return app
