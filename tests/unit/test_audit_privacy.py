@@ -120,6 +120,15 @@ def test_who_an_event_is_about() -> None:
     reply = dataclasses.replace(message(), payload={"to": CITIZEN, "in_reply_to": "wamid.A"})
     assert reply.citizens() == [CITIZEN]
     assert sorted(webhook(CITIZEN, "15550001111").citizens()) == ["15550001111", CITIZEN]
+    # A campaign's send job names every recipient of its chunk.
+    job = dataclasses.replace(
+        message(),
+        payload={
+            "campaign_id": "c",
+            "recipients": [[CITIZEN, "ko"], ["15550001111", "en_US"], [CITIZEN, "ko"]],
+        },
+    )
+    assert job.citizens() == [CITIZEN, "15550001111"]
     checkpoint = dataclasses.replace(message(), payload={"tree_size": 4, "origin": "x"})
     assert checkpoint.citizens() == []
     quoting = orjson.dumps(
@@ -142,6 +151,24 @@ def test_a_sealed_event_hides_the_citizen_and_their_words() -> None:
     assert entry.entry.payload_json is None
     assert entry.entry.version == 2
     assert entry.entry.subjects == (KEYS.pseudonymise(CITIZEN),)
+
+
+def test_a_campaign_job_is_sealed_for_every_recipient_it_names() -> None:
+    recipients = [[f"8210555500{n:02d}", "ko"] for n in range(100)]
+    job = AuditRecord(
+        event_id=uuid.uuid4(),
+        kind="broadcast.job",
+        occurred_at=AT,
+        correlation_id="campaign:c",
+        schema_version=1,
+        payload={"campaign_id": "c", "recipients": recipients},
+    )
+    sealing, _ = sealing_for(job)
+    [entry] = entries_for([(0, job)], AT, sealing)
+    stored = canonical_bytes(entry.entry) + (entry.entry.sealed_payload or b"")
+    assert not any(wa_id.encode() in stored for wa_id, _ in recipients)
+    assert entry.entry.payload_json is None
+    assert len(entry.entry.subjects) == 100  # erasing any one of them erases the job event
 
 
 def test_a_sealed_event_opens_with_its_keys_and_not_once_one_is_erased() -> None:

@@ -98,13 +98,13 @@ class Pseudonymiser:
 
 
 def citizens_in_payload(payload: Mapping[str, Any]) -> list[str]:
-    """The citizen ids an envelope's payload names, in field order, without repeats."""
-    found: list[str] = []
-    for name in _CITIZEN_FIELDS:
-        value = payload.get(name)
-        if isinstance(value, str) and value and value not in found:
-            found.append(value)
-    return found
+    """The citizen ids an envelope's payload names, in field order, without repeats: its
+    citizen fields, then a campaign job's `recipients` ([wa_id, language] pairs)."""
+    named = [payload.get(name) for name in _CITIZEN_FIELDS]
+    recipients = payload.get("recipients")
+    if isinstance(recipients, list):
+        named += [entry[0] if isinstance(entry, list) and entry else entry for entry in recipients]
+    return list(dict.fromkeys(value for value in named if isinstance(value, str) and value))
 
 
 def citizens_in_webhook(body: bytes) -> list[str]:
