@@ -533,3 +533,37 @@ async def test_operators_use_tokens_issued_in_the_api_token_table(pipeline: Pipe
 
     token_cli(pipeline, "revoke", "flood-desk")
     assert (await status_with(f"Bearer {operator}"))[0] == 401
+
+
+async def test_a_refused_sender_pauses_a_campaign_until_meta_takes_its_sends(
+    pipeline: Pipeline, simulator_url: str
+) -> None:
+    # An expired token (190) refuses every send, whatever the recipient (reference §6: "pause
+    # the sender"). The recipients wait, their job in its delay queue, and are sent once the
+    # token works again (here: after five refusals); none is recorded as failed.
+    citizens = [f"8285{n:08d}" for n in range(20)]
+    spec = {**await campaign_spec([], "Token expiry drill"), "audience": {"list": True}}
+    campaign = await api(pipeline, "POST", "/campaigns", spec, expect=201)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{pipeline.ports['responder']}/campaigns/{campaign['id']}/list",
+            data="\n".join(citizens),
+            headers={"Authorization": f"Bearer {OPERATOR_TOKEN}", "Content-Type": "text/csv"},
+        ) as answer,
+    ):
+        assert answer.status == 200, await answer.text()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{simulator_url}/_sim/faults", json=[{"code": 190, "count": 5}]) as faults,
+    ):
+        assert faults.status == 200, await faults.text()
+    after = await last_sequence(simulator_url)
+    await api(pipeline, "POST", f"/campaigns/{campaign['id']}/schedule")
+
+    done = await wait_for_state(pipeline, campaign["id"], "completed", timeout=120)
+    assert done["progress"]["sent"] == len(citizens)
+    assert done["progress"]["failed_total"] == 0
+    summary = await template_summary(simulator_url, after)
+    assert summary["accepted"] == summary["recipients"] == len(citizens)
+    assert summary["duplicates"] == {}

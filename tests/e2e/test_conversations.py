@@ -476,6 +476,30 @@ async def test_an_older_start_delivered_after_a_newer_stop_leaves_the_citizen_op
     assert contact["consent_changed_at"] == datetime.fromtimestamp(now, UTC)
 
 
+# --- a sender Meta refuses ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [190, 368])
+async def test_a_refused_sender_holds_the_reply_until_meta_takes_it(
+    talk: Callable[..., Conversation], code: int
+) -> None:
+    # An expired token (190) or a blocked number (368) refuses every send, whatever the
+    # message (reference §6: "pause the sender"). The reply waits until people fix the
+    # sender (here: after three refusals) instead of being recorded as failed.
+    conversation = talk()
+    conversation.simulator.inject_faults([{"code": code, "count": 3, "to": conversation.citizen}])
+    wamid = await conversation.say("투표소 위치 알려주세요")
+
+    def answered() -> bool:
+        return any(send.accepted for send in conversation.replies_to(wamid))
+
+    await conversation.simulator.state.wait_for(answered, TIMEOUT)
+    audited = await conversation.audit(wamid, {"message.voting", "outbound.sent"})
+    assert "outbound.failed" not in audited
+    attempts = conversation.replies_to(wamid)
+    assert [send.accepted for send in attempts] == [False, False, False, True]
+
+
 # --- the 24-hour window -----------------------------------------------------------------------
 
 

@@ -129,6 +129,7 @@ async def test_a_wrong_token_is_a_permanent_auth_error(
     assert (error.http_status, error.code) == (401, 190)
     assert not error.retryable
     assert not error.throttle
+    assert error.pauses  # no message can go until the token is fixed
     for text in (str(error), repr(error), repr(graph), str(error.as_payload())):
         assert wrong not in text
         assert TOKEN not in text
@@ -156,7 +157,28 @@ async def test_undeliverable_is_permanent(sim: Simulator, graph: GraphClient) ->
     error = await send_and_expect_error(graph)
     assert (error.http_status, error.code) == (400, 131026)
     assert not error.retryable
+    assert not error.pauses  # about this citizen, not the sender
     assert error.details
+
+
+@pytest.mark.parametrize(
+    ("fault", "pauses"),
+    [
+        ({"code": 0}, True),
+        ({"code": 368}, True),  # the number is blocked for a while
+        ({"code": 133010}, True),  # the number is not registered
+        ({"http_status": 401}, True),  # refused credentials, without Meta's error body
+        ({"code": 100}, False),
+        ({"code": 131047}, False),
+        ({"http_status": 500}, False),
+    ],
+)
+async def test_what_refuses_the_sender_and_not_the_message(
+    sim: Simulator, graph: GraphClient, fault: dict[str, int], pauses: bool
+) -> None:
+    sim.inject_faults([fault])
+    error = await send_and_expect_error(graph)
+    assert error.pauses is pauses
 
 
 async def test_outside_the_24_hour_window_is_permanent(sim: Simulator, graph: GraphClient) -> None:

@@ -302,6 +302,13 @@ def broadcast_handler(
             )
             BROADCASTS.labels("in_doubt").inc()
             return "in_doubt"
+        if exc.pauses:
+            # The sender cannot send at all (its token, its number): the recipient is queued
+            # again and the job waits in its delay queue until people fix it.
+            await settles.submit(campaign.id, store.Outcome(wa_id, "queued"))
+            BROADCASTS.labels("paused").inc()
+            log.warning("broadcast_sender_paused", campaign_id=str(campaign.id), error=str(exc))
+            return "retry"
         if exc.retryable:
             await settles.submit(campaign.id, store.Outcome(wa_id, "queued"))
             BROADCASTS.labels("retry").inc()

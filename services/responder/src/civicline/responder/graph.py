@@ -18,6 +18,8 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from civicline.common.failures import DependencyUnavailable
+
 TEXT_BODY_MAX: Final = 4096
 
 
@@ -28,6 +30,9 @@ class ErrorRule:
     meaning: str
     retryable: bool
     throttle: bool = False
+    # Not this message: the sender cannot send at all until people fix it (its token, its
+    # number). Reference §6: "pause the sender"; work waits, as in any outage.
+    pauses: bool = False
 
 
 # The one classification table, from shared/reference/whatsapp-cloud-api.md §6 ("Errors, limits
@@ -37,13 +42,13 @@ class ErrorRule:
 # risks sending a citizen the same reply twice.
 ERROR_RULES: Final[Mapping[int, ErrorRule]] = MappingProxyType(
     {
-        0: ErrorRule("auth exception", retryable=False),
+        0: ErrorRule("auth exception", retryable=False, pauses=True),
         1: ErrorRule("Graph API unknown error (temporary)", retryable=True),
         2: ErrorRule("Graph API service temporarily unavailable", retryable=True),
         4: ErrorRule("app-level API call rate limit", retryable=True, throttle=True),
         100: ErrorRule("invalid parameter", retryable=False),
-        190: ErrorRule("access token expired or invalid", retryable=False),
-        368: ErrorRule("temporarily blocked for policy violations", retryable=False),
+        190: ErrorRule("access token expired or invalid", retryable=False, pauses=True),
+        368: ErrorRule("temporarily blocked for policy violations", retryable=False, pauses=True),
         80007: ErrorRule("WABA rate limit", retryable=True, throttle=True),
         130429: ErrorRule("throughput (messages/second) reached", retryable=True, throttle=True),
         131000: ErrorRule("unknown error", retryable=True),
@@ -60,12 +65,18 @@ ERROR_RULES: Final[Mapping[int, ErrorRule]] = MappingProxyType(
         132000: ErrorRule("template parameter count mismatch", retryable=False),
         132001: ErrorRule("template does not exist", retryable=False),
         132018: ErrorRule("template parameter text refused", retryable=False),
-        133010: ErrorRule("phone number not registered", retryable=False),
+        133010: ErrorRule("phone number not registered", retryable=False, pauses=True),
         133016: ErrorRule("register/deregister rate limit", retryable=True, throttle=True),
     }
 )
 RETRYABLE_CODES: Final = frozenset(code for code, rule in ERROR_RULES.items() if rule.retryable)
 THROTTLE_CODES: Final = frozenset(code for code, rule in ERROR_RULES.items() if rule.throttle)
+PAUSE_CODES: Final = frozenset(code for code, rule in ERROR_RULES.items() if rule.pauses)
+
+
+class SenderPaused(DependencyUnavailable):
+    """Meta refuses every send of this sender (expired token, blocked or unregistered number):
+    the message waits, unsent, until people fix it."""
 
 
 class GraphError(Exception):
@@ -101,6 +112,14 @@ class GraphError(Exception):
         if self.code is not None:
             return self.code in RETRYABLE_CODES
         return self.http_status == 0 or self.http_status == 429 or self.http_status >= 500
+
+    @property
+    def pauses(self) -> bool:
+        """No message can go until people fix the sender: its token (also a bare HTTP 401) or
+        its number."""
+        if self.code is not None:
+            return self.code in PAUSE_CODES
+        return self.http_status == 401
 
     @property
     def throttle(self) -> bool:

@@ -27,7 +27,7 @@ from civicline.responder.core import (
     sent_event,
     suppressed_event,
 )
-from civicline.responder.graph import GraphError
+from civicline.responder.graph import GraphError, SenderPaused
 
 log = structlog.get_logger(__name__)
 
@@ -133,6 +133,13 @@ async def _not_sent(
         REPLIES.labels("in_doubt").inc()
         log.warning("reply_in_doubt", error=str(exc))
         return
+    if exc.pauses:
+        # Meta took nothing, and will take nothing from this sender until people fix its
+        # token or number: the claim goes, and the message waits here as in any outage
+        # (logged, with backoff), instead of being recorded failed and never answered.
+        await ledger.release(inbound.wamid)
+        REPLIES.labels("paused").inc()
+        raise SenderPaused(str(exc))
     attempt = retry_attempt(message) + 1
     if exc.retryable and attempt <= max_retries:
         # Meta did not take it: free the claim and try again after a delay, without holding
