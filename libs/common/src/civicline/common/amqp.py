@@ -358,14 +358,21 @@ class Consumer:
         return self._tag is not None and self._broker.is_ready and self._waiting_on_outage == 0
 
     async def start(self) -> None:
+        """Open a channel, declare the topology and consume. On failure (the broker went
+        away meanwhile, or refused a declaration) the channel is closed again, so the caller
+        may simply try again."""
         self._acks_closed = False
         connection = await self._broker.connection()
         channel = await connection.channel()
-        await channel.set_qos(prefetch_count=self._prefetch)
-        declared = await declare(channel)
-        self._channel = channel
-        self._queue = declared.queues[self._spec.name]
-        self._tag = await self._queue.consume(self._deliver)
+        try:
+            await channel.set_qos(prefetch_count=self._prefetch)
+            declared = await declare(channel)
+            queue = declared.queues[self._spec.name]
+            self._tag = await queue.consume(self._deliver)
+        except BaseException:
+            await shutdown_step("close a channel that failed to start consuming", channel.close())
+            raise
+        self._channel, self._queue = channel, queue
         log.info("consuming", queue=self._spec.name, prefetch=self._prefetch)
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:

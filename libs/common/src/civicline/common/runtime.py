@@ -22,6 +22,7 @@ from civicline.common.amqp import Broker, Consumer, MessageHandler, Publisher
 from civicline.common.db import close_pool, connect_pool, pool_is_ready
 from civicline.common.failures import SHUTDOWN_STEP_TIMEOUT, shutdown_step
 from civicline.common.health import add_health_routes, register_readiness
+from civicline.common.retry import retry_forever
 from civicline.common.settings import Settings
 from civicline.common.topology import QueueSpec
 
@@ -51,6 +52,11 @@ class MoreConsumer:
     prefetch: int
 
 
+def _report_failed_start(starter: asyncio.Task[None]) -> None:
+    if not starter.cancelled() and (error := starter.exception()) is not None:
+        log.error("start_failed", error=f"{type(error).__name__}: {error}")
+
+
 def create_consumer_app(
     settings: Settings,
     spec: QueueSpec,
@@ -77,14 +83,17 @@ def create_consumer_app(
             app[RUNTIME] = runtime
             handler = await build_handler(runtime)
             consumer = Consumer(broker, spec, handler, prefetch=prefetch or settings.prefetch)
-            await consumer.start()
+            # The broker may go away, or refuse a declaration, while a consumer starts: try
+            # again until it works. Given up, the process would stay up, never ready and never
+            # consuming, with nothing to restart it.
+            await retry_forever(consumer.start, what=f"consume {spec.name}")
             state["consumer"] = consumer
             others = []
             for extra in more:
                 other = Consumer(
                     broker, extra.spec, await extra.build_handler(runtime), prefetch=extra.prefetch
                 )
-                await other.start()
+                await retry_forever(other.start, what=f"consume {extra.spec.name}")
                 others.append(other)
             state["more"] = others
 
@@ -109,6 +118,7 @@ def create_consumer_app(
         register_readiness(app, "postgres", database_ready)
         register_readiness(app, "consuming", consuming)
         starter = asyncio.create_task(start(), name=f"start-{spec.name}")
+        starter.add_done_callback(_report_failed_start)
         yield
         if not starter.done():
             starter.cancel()
