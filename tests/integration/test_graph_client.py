@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from civicline.responder.catalog import (
     Button,
@@ -487,3 +488,54 @@ async def test_template_parameters_meta_refuses_are_a_permanent_error(
     with pytest.raises(GraphError) as caught:
         await graph.send(PNID, catalog_message(bad))
     assert (caught.value.code, caught.value.retryable) == (132018, False)
+
+
+async def test_a_connection_never_made_is_retryable_and_not_in_doubt(
+    session: aiohttp.ClientSession,
+) -> None:
+    # A listener whose accept queue is full drops new connection requests: connecting hangs,
+    # as to a Graph API host that cannot be reached, and no byte of the request leaves.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):
+                filler = socket.socket()
+                filler.settimeout(0.2)
+                fillers.append(filler)
+                try:
+                    filler.connect(("127.0.0.1", port))
+                except TimeoutError:
+                    break  # the queue is full
+            graph = make_client(session, f"http://127.0.0.1:{port}", timeout=1.0)
+            error = await send_and_expect_error(graph)
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert error.http_status == 0
+    assert error.retryable
+    assert not error.ambiguous, error  # a reply in doubt would never be sent
+
+
+@pytest.mark.parametrize("body", [b'{"messaging_product":"whatsapp"}', b"[]", b"OK"])
+async def test_an_accepted_send_we_cannot_read_is_in_doubt(
+    session: aiohttp.ClientSession, body: bytes
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v25.0/{pnid}/messages", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        error = await send_and_expect_error(make_client(session, f"http://127.0.0.1:{port}"))
+    finally:
+        await runner.cleanup()
+    assert error.http_status == 200
+    assert error.ambiguous  # Meta took it, under an id we cannot read: never sent twice

@@ -20,7 +20,9 @@ from civicline.simulator.meta_errors import (
 # Written out from the reference's table, independently of the code under test.
 RETRY = [1, 2, 4, 80007, 130429, 131000, 131016, 131053, 131056, 133016]
 PERMANENT = [0, 100, 190, 368, 131026, 131047, 131048, 131049, 132000, 132001, 133010, 424242]
-THROTTLE = [4, 80007, 130429, 131048, 131056, 133016]
+# Courier's throttle set less 131056, the pair rate limit: §6 says "retry later to that user
+# only", so it does not slow the number's schedule for every citizen.
+THROTTLE = [4, 80007, 130429, 131048, 133016]
 SECTION_6_CODES = [0, 4, 80007, 100, 190, 368, 130429, 131000, 131016, 131026, 131047, 131048]
 SECTION_6_CODES += [131049, 131051, 131053, 131056, 132000, 132001, 133010]
 
@@ -39,6 +41,12 @@ def test_permanent_and_unknown_codes_are_not_retried(code: int) -> None:
 @pytest.mark.parametrize("code", THROTTLE)
 def test_throttle_codes_ask_to_slow_down(code: int) -> None:
     assert GraphError("x", http_status=429, code=code).throttle
+
+
+def test_the_pair_rate_limit_is_retried_for_that_citizen_without_slowing_the_number() -> None:
+    error = GraphError("x", http_status=400, code=131056)
+    assert error.retryable
+    assert not error.throttle
 
 
 def test_spam_rate_limit_slows_down_but_is_not_retried() -> None:

@@ -61,7 +61,9 @@ ERROR_RULES: Final[Mapping[int, ErrorRule]] = MappingProxyType(
         131048: ErrorRule("spam rate limit", retryable=False, throttle=True),
         131049: ErrorRule("not delivered for healthy ecosystem engagement", retryable=False),
         131053: ErrorRule("media upload/download failed", retryable=True),
-        131056: ErrorRule("pair rate limit (same recipient)", retryable=True, throttle=True),
+        # "Retry later to that user only" (§6): the message waits in its delay queue; the
+        # number's schedule, shared by every citizen, is not slowed for one citizen's pair.
+        131056: ErrorRule("pair rate limit (same recipient)", retryable=True),
         132000: ErrorRule("template parameter count mismatch", retryable=False),
         132001: ErrorRule("template does not exist", retryable=False),
         132018: ErrorRule("template parameter text refused", retryable=False),
@@ -239,6 +241,10 @@ class _Token:
 
 
 _API_VERSION = re.compile(r"v\d+\.\d+")
+# Seconds to open a connection to the Graph API (at most half the call's timeout).
+CONNECT_TIMEOUT = 3.0
+# aiohttp's errors raised before any byte of the request was written.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 class GraphClient:
@@ -263,7 +269,12 @@ class GraphClient:
         self._base_url = base_url.rstrip("/")
         self._api_version = api_version
         self._token = _Token(access_token)
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # Connecting has a bound of its own, below the whole call's: a connection that was
+        # never made carried no request, so its timeout is not ambiguous (a reply in doubt is
+        # never sent again), while the whole call timing out after the request left is.
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout, sock_connect=min(CONNECT_TIMEOUT, timeout / 2)
+        )
 
     def __repr__(self) -> str:
         return f"GraphClient(base_url={self._base_url!r}, api_version={self._api_version!r})"
@@ -280,7 +291,10 @@ class GraphClient:
         first = messages[0] if isinstance(messages, list) and messages else None
         wamid = first.get("id") if isinstance(first, dict) else None
         if not isinstance(wamid, str) or not wamid:
-            raise GraphError("response carries no messages[0].id", http_status=status)
+            # Meta answered 2xx: it may well have the message, under an id we cannot read.
+            raise GraphError(
+                "response carries no messages[0].id", http_status=status, ambiguous=True
+            )
         contacts = payload.get("contacts")
         contact = contacts[0] if isinstance(contacts, list) and contacts else None
         wa_id = contact.get("wa_id") if isinstance(contact, dict) else None
@@ -326,7 +340,7 @@ class GraphClient:
             raise GraphError(
                 f"no response from the Graph API: {type(exc).__name__}: {detail}",
                 http_status=0,
-                ambiguous=not isinstance(exc, aiohttp.ClientConnectorError),
+                ambiguous=not isinstance(exc, _NOT_SENT),
             ) from None
         if not 200 <= status < 300:
             raise GraphError.from_response(status, raw)
@@ -335,7 +349,10 @@ class GraphClient:
         except orjson.JSONDecodeError:
             payload = None
         if not isinstance(payload, dict):
+            # A 2xx: Meta may have taken the message; a body we cannot read does not say.
             raise GraphError(
-                f"HTTP {status} with a body that is not a JSON object", http_status=status
+                f"HTTP {status} with a body that is not a JSON object",
+                http_status=status,
+                ambiguous=True,
             )
         return status, payload
