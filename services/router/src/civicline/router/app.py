@@ -13,6 +13,7 @@ from civicline.common.topology import ROUTER_INBOUND
 from civicline.router.batch import Delivered
 from civicline.router.handlers import router_batcher, router_handler
 from civicline.router.rules import load_rules
+from civicline.router.upkeep import SeenForgetter
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -30,6 +31,9 @@ def create_app(settings: Settings) -> web.Application:
         )
         batcher.start()
         batchers.append(batcher)
+        forgetter = SeenForgetter(runtime.pool)
+        forgetter.start()
+        runtime.on_stop.append(forgetter.stop)
         return router_handler(runtime.publisher, batcher)
 
     # Prefetch two batches, so one fills while the other is routed.
