@@ -5,15 +5,18 @@ A handler's `submit` returns its item's result once the batch holding it was pro
 raises what stopped it, so the consumer acks, retries or dead-letters each message as before;
 only the expensive part (one transaction, one round trip per statement) is shared.
 
-A dependency outage fails the whole batch: every handler gets the error and waits it out as
-usual. Any other error is taken as one bad item: the batch is processed again item by item, in
-order, so the others still go through and only the bad one fails.
+A dependency outage is waited out here, with the batch in hand, and the same batch is tried
+again: failed back to its handlers, each would wait out the outage on its own random backoff
+and submit again, and one citizen's messages would come back in another order. Any other error
+is taken as one bad item: the batch is processed again item by item, in order, so the others
+still go through and only the bad one fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -89,24 +92,44 @@ class Batcher(Generic[T, R]):
                 self._has_work.clear()
             await self._run_batch(batch)
 
+    async def _outlasting_outages(self, items: Sequence[T]) -> Sequence[R]:
+        """`process(items)`, tried again with backoff for as long as a dependency is out."""
+        attempt = 0
+        while True:
+            try:
+                return await self._process(items)
+            except asyncio.CancelledError:
+                if not cancelled_from_below():  # our own close
+                    raise
+                # A library cancelled a task of its own under us (aiormq does when a channel
+                # closes): an outage like any other. The batcher must outlive it, or every
+                # later item would wait forever.
+                error: Exception = DependencyUnavailable("batch cancelled by a dependency")
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                error = exc
+            attempt += 1
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning(
+                    "batch_waiting_out_outage",
+                    batcher=self._name,
+                    size=len(items),
+                    attempt=attempt,
+                    error=f"{type(error).__name__}: {error}",
+                )
+            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 10)) * (0.5 + random.random() / 2))
+
     async def _run_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
-            results = await self._process([item for item, _ in batch])
+            results = await self._outlasting_outages([item for item, _ in batch])
         except asyncio.CancelledError:
-            if not cancelled_from_below():  # our own close
-                for _, done in batch:
-                    done.cancel()
-                raise
-            # A library cancelled a task of its own under us (aiormq does when a channel
-            # closes). That fails this batch as an outage, which its waiters wait out; the
-            # batcher must outlive it, or every later item would wait forever.
-            log.warning("batch_cancelled_from_below", batcher=self._name, size=len(batch))
-            for _, done in batch:
-                _settle(done, DependencyUnavailable("batch cancelled by a dependency"))
+            for _, done in batch:  # our own close: the waiters' messages are redelivered
+                done.cancel()
+            raise
         except Exception as exc:
-            if is_outage(exc) or len(batch) == 1:
-                for _, done in batch:
-                    _settle(done, exc)
+            if len(batch) == 1:
+                _settle(batch[0][1], exc)
                 return
             log.warning(
                 "batch_failed_retrying_one_by_one",
@@ -116,7 +139,7 @@ class Batcher(Generic[T, R]):
             )
             for item, done in batch:
                 try:
-                    [result] = await self._process([item])
+                    [result] = await self._outlasting_outages([item])
                 except Exception as single:
                     _settle(done, single)
                 else:
