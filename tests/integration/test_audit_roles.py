@@ -88,6 +88,34 @@ async def test_the_log_state_only_moves_forward_even_for_the_writer(
         await writer_pool.execute("UPDATE audit_log_state SET next_seq = next_seq - 1")
 
 
+async def test_a_revoked_api_token_stays_revoked_whoever_asks(
+    writer_pool: asyncpg.Pool, database_url: str
+) -> None:
+    # The writer (every service's role) may revoke a token; a stolen service credential must
+    # not bring a revoked auditor's token back. Nor may the owner: revoking is for good.
+    await writer_pool.execute(
+        """INSERT INTO audit_api_token (token_id, name, role, token_hash)
+           VALUES (gen_random_uuid(), 'revoked-auditor', 'auditor', sha256('t'::bytea))"""
+    )
+    revoke = "UPDATE audit_api_token SET revoked_at = now() WHERE name = 'revoked-auditor'"
+    await writer_pool.execute(revoke)
+    owner = await asyncpg.connect(database_url)
+    try:
+        for connection in (writer_pool, owner):
+            for statement in (
+                "UPDATE audit_api_token SET revoked_at = NULL WHERE name = 'revoked-auditor'",
+                revoke,  # moving the time of a revocation
+                "DELETE FROM audit_api_token WHERE name = 'revoked-auditor'",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await connection.execute(statement)
+        assert await owner.fetchval(
+            "SELECT revoked_at IS NOT NULL FROM audit_api_token WHERE name = 'revoked-auditor'"
+        )
+    finally:
+        await owner.close()
+
+
 async def test_the_writer_keeps_router_and_responder_state(writer_pool: asyncpg.Pool) -> None:
     async with writer_pool.acquire() as connection, connection.transaction():
         await connection.execute("INSERT INTO router_seen (dedup_key) VALUES ('message:w1')")
