@@ -82,3 +82,26 @@ async def test_meta_throttling_pauses_and_spaces_the_sends(
     # 4 s later, however slowly this test's second reservation comes.
     gaps = [later - earlier for earlier, later in itertools.pairwise(slots)]
     assert min(gaps) >= 1.5 / (100 * HEADROOM)
+
+
+class ThrottledWhileReserving(SendSchedule):
+    """Meta's throttling error lands (another send's `slow_down`) while this replica's
+    reservation is on its way back from Postgres, with the slots it took before the penalty."""
+
+    throttled_at: float | None = None
+
+    async def _reserve(self, phone_number_id: str, count: int) -> list[float]:
+        reserved = await super()._reserve(phone_number_id, count)
+        if self.throttled_at is None:
+            self.throttled_at = time.time()
+            await self.slow_down(phone_number_id)
+        return reserved
+
+
+async def test_slots_reserved_before_a_throttling_error_are_never_used_after_it(
+    pools: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    schedule = ThrottledWhileReserving(pools[0], rate=100)
+    slot = await schedule.wait_for_slot(NUMBER)
+    assert schedule.throttled_at is not None
+    assert slot.at - schedule.throttled_at >= PENALTY_SECONDS * 0.9

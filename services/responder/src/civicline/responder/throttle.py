@@ -98,8 +98,13 @@ class SendSchedule:
             # A slot left unused is lost capacity, never a reason to burst.
             while slots and slots[0] < time.time() - MAX_LATENESS:
                 slots.popleft()
-            if not slots:
-                slots.extend(await self._reserve(phone_number_id, self._reservation))
+            while not slots:
+                epoch = self._epochs[phone_number_id]
+                reserved = await self._reserve(phone_number_id, self._reservation)
+                # Meta throttled us while they were reserved: they may be from before the
+                # penalty, and would go out in it under the new epoch. Reserve again.
+                if epoch == self._epochs[phone_number_id]:
+                    slots.extend(reserved)
             slot = Slot(slots.popleft(), self._epochs[phone_number_id])
             if (delay := slot.at - HANDOVER - time.time()) > 0:
                 await asyncio.sleep(delay)
