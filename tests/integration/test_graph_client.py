@@ -196,6 +196,19 @@ async def test_a_5xx_without_a_code_is_retryable(sim: Simulator, graph: GraphCli
     assert error.retryable
 
 
+@pytest.mark.parametrize(("http_status", "in_doubt"), [(502, True), (504, True), (503, False)])
+async def test_a_gateways_bare_failure_is_in_doubt_when_it_forwarded_the_request(
+    sim: Simulator, graph: GraphClient, http_status: int, in_doubt: bool
+) -> None:
+    # A proxy's 502/504 means it passed the request on: Meta may have the reply, and a second
+    # send could be a second reply. A 503 (nothing upstream took it) is retried.
+    sim.inject_faults([{"http_status": http_status}])
+    error = await send_and_expect_error(graph)
+    assert (error.http_status, error.code) == (http_status, None)
+    assert error.ambiguous is in_doubt
+    assert error.retryable
+
+
 async def test_metas_unknown_error_is_retryable(sim: Simulator, graph: GraphClient) -> None:
     sim.inject_faults([{"http_status": 500, "code": 131000}])
     error = await send_and_expect_error(graph)

@@ -74,6 +74,9 @@ ERROR_RULES: Final[Mapping[int, ErrorRule]] = MappingProxyType(
 RETRYABLE_CODES: Final = frozenset(code for code, rule in ERROR_RULES.items() if rule.retryable)
 THROTTLE_CODES: Final = frozenset(code for code, rule in ERROR_RULES.items() if rule.throttle)
 PAUSE_CODES: Final = frozenset(code for code, rule in ERROR_RULES.items() if rule.pauses)
+# A gateway in front of Meta forwarded the request and got no good answer (Bad Gateway, Gateway
+# Timeout).
+GATEWAY_FAILURES: Final = frozenset({502, 504})
 
 
 class SenderPaused(DependencyUnavailable):
@@ -161,7 +164,14 @@ class GraphError(Exception):
         error = document.get("error") if isinstance(document, dict) else None
         if not isinstance(error, dict):
             excerpt = body[:200].decode("utf-8", "replace").strip() or "(empty body)"
-            return cls(f"unexpected response: {excerpt}", http_status=http_status)
+            # Not Meta's answer but a gateway's on the way. 502 and 504 say it passed the
+            # request on and got no good answer back: Meta may have taken the message, so it
+            # is in doubt, not sent again (at most one reply). 503 and the rest are retried.
+            return cls(
+                f"unexpected response: {excerpt}",
+                http_status=http_status,
+                ambiguous=http_status in GATEWAY_FAILURES,
+            )
         error_data = error.get("error_data")
         details = error_data.get("details") if isinstance(error_data, dict) else None
         return cls(
