@@ -520,6 +520,31 @@ async def test_a_message_answered_after_the_window_closed_gets_the_template(
     assert conversation.away_notices() == []  # free-form is not allowed, so no notice either
 
 
+async def test_a_reply_refused_as_the_window_closed_goes_as_the_template_instead(
+    talk: Callable[..., Conversation], catalog: Catalog
+) -> None:
+    # The message is recent, so the reply is free-form; but Meta's record of the citizen's
+    # last message is older (here the simulator's), so its window has closed: 131047. The
+    # reference (§6): do not retry the free-form message, send the approved template.
+    conversation = talk()
+    body, wamid = text_message_webhook(
+        wa_id=conversation.citizen, text=dict(SERVICES["en"])["voting"], timestamp=int(time.time())
+    )
+    await conversation.post(body, at=time.time() - 25 * 3600)
+
+    def answered() -> bool:
+        return any(send.accepted for send in conversation.replies_to(wamid))
+
+    await conversation.simulator.state.wait_for(answered, TIMEOUT)
+    refused, sent = conversation.replies_to(wamid)
+    assert (refused.accepted, refused.body["type"] != "template") == (False, True)
+    assert sent.body == expected(choose_template(catalog, "voting", "en"), conversation, wamid)
+    audited = await conversation.audit(wamid, {"message.voting", "outbound.sent"})
+    assert audited["outbound.sent"]["message"]["type"] == "template"
+    assert "outbound.failed" not in audited
+    assert conversation.away_notices() == []  # free-form, so it would be refused as well
+
+
 # --- other message types: classified, never dropped -------------------------------------------
 
 

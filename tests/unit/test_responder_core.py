@@ -25,6 +25,7 @@ from civicline.responder.core import (
     in_doubt_event,
     nearest,
     sent_event,
+    window_closed_fallback,
     within_window,
 )
 
@@ -389,3 +390,16 @@ def test_away_events_are_their_own_unit_of_work() -> None:
     assert event.payload["wamid"] == "wamid.AWAY"
     decoded = Envelope.decode(event.encode())
     assert decoded.event_id == event.event_id
+
+
+def test_a_free_form_reply_meta_refused_as_out_of_window_falls_back_to_the_template() -> None:
+    inbound = ref(intent="voting", language="en")
+    decision = sent(inbound, now=CLOSED)
+    assert decision.reply.type != "template"
+    fallback = window_closed_fallback(inbound, decision, CATALOG)
+    assert fallback is not None
+    assert fallback.message["type"] == "template"
+    assert fallback.message["context"] == {"message_id": "wamid.IN"}
+    assert fallback.away is None
+    # A template refused: nothing else to fall back to.
+    assert window_closed_fallback(inbound, fallback, CATALOG) is None

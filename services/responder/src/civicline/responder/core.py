@@ -197,8 +197,7 @@ def decide(
     if consent_superseded(inbound):
         return Suppress("superseded")
     if not within_window(inbound.timestamp, moment):
-        template = choose_template(catalog, inbound.intent, inbound.language)
-        return Send(template, _message(inbound, template, reply_to=inbound.wamid))
+        return template_reply(inbound, catalog)
     if inbound.intent in SUBSCRIPTION_INTENTS and topics is not None:
         reply = subscription_reply(catalog, topics, inbound)
         return Send(reply, _message(inbound, reply, reply_to=inbound.wamid))
@@ -208,6 +207,21 @@ def decide(
         place = nearest(reply.places, inbound.location)
     message = _message(inbound, reply, reply_to=inbound.wamid, place=place)
     return Send(reply, message, away=_away(inbound, catalog, moment))
+
+
+def template_reply(inbound: InboundRef, catalog: Catalog) -> Send:
+    """The intent's approved template, the one message Meta delivers outside the 24-hour
+    window (reference §6), with no away notice (free-form text, which would be refused)."""
+    template = choose_template(catalog, inbound.intent, inbound.language)
+    return Send(template, _message(inbound, template, reply_to=inbound.wamid))
+
+
+def window_closed_fallback(inbound: InboundRef, send: Send, catalog: Catalog) -> Send | None:
+    """What to send once Meta refused `send` with 131047 (the window had closed by the time it
+    went, e.g. a backlog near 24 h): the template instead, as §6 says; None if it was one."""
+    if send.reply.type == "template":
+        return None
+    return template_reply(inbound, catalog)
 
 
 def consent_superseded(inbound: InboundRef) -> bool:

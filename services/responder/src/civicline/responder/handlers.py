@@ -26,11 +26,14 @@ from civicline.responder.core import (
     in_doubt_event,
     sent_event,
     suppressed_event,
+    window_closed_fallback,
 )
 from civicline.responder.graph import GraphError, SenderPaused
 
 log = structlog.get_logger(__name__)
 
+# Meta's re-engagement error: the 24-hour window had closed (reference §6).
+WINDOW_CLOSED = 131047
 REPLIES = Counter("civicline_responder_replies_total", "Reply outcomes", ["outcome"])
 
 
@@ -86,7 +89,19 @@ def responder_handler(
             return
         assert slot is not None  # taken above for every Send
         try:
-            result = await graph.send_now(inbound.phone_number_id, decision.message, slot)
+            try:
+                result = await graph.send_now(inbound.phone_number_id, decision.message, slot)
+            except GraphError as exc:
+                fallback = (
+                    window_closed_fallback(inbound, decision, catalog)
+                    if exc.code == WINDOW_CLOSED
+                    else None
+                )
+                if fallback is None:
+                    raise
+                # Refused outright, so nothing went: the template goes under the same claim.
+                decision = fallback
+                result = await graph.send(inbound.phone_number_id, decision.message)
         except GraphError as exc:
             await _not_sent(ledger, publisher, message, inbound, decision, exc, max_retries)
             return
