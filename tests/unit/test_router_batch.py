@@ -183,9 +183,33 @@ def test_an_older_stop_delivered_after_a_newer_subscription_withdraws_nothing(
     stop = text("821012340002", "STOP", "wamid.STOP", 1_790_000_100)
     contact, recorded, opted_out = consent_after([subscribe, stop], rules, batches=batches)
     assert not contact.opted_out
-    # The late STOP would have withdrawn every topic, the new subscription with them.
-    assert recorded == ["wamid.SUB"]
+    # The late STOP is still recorded, but withdraws only the subscriptions given before it
+    # (record_consent), so the newer one stands.
+    assert recorded == ["wamid.SUB", "wamid.STOP"]
     assert opted_out == {"wamid.SUB": False, "wamid.STOP": False}
+
+
+@pytest.mark.parametrize("batches", [1, 2])
+def test_an_older_subscription_delivered_after_a_newer_start_is_still_recorded(
+    rules: Rules, batches: int
+) -> None:
+    start = text("821012340004", "START", "wamid.START", 1_790_000_101)
+    subscribe = text("821012340004", "SUBSCRIBE ELECTION", "wamid.SUB", 1_790_000_100)
+    contact, recorded, opted_out = consent_after([start, subscribe], rules, batches=batches)
+    assert not contact.opted_out
+    assert recorded == ["wamid.SUB"]  # confirmed, so it must be kept
+    assert opted_out == {"wamid.START": False, "wamid.SUB": False}
+
+
+def test_an_older_subscription_delivered_after_a_newer_stop_is_not_recorded(
+    rules: Rules,
+) -> None:
+    stop = text("821012340005", "STOP", "wamid.STOP", 1_790_000_200)
+    subscribe = text("821012340005", "SUBSCRIBE ELECTION", "wamid.SUB", 1_790_000_100)
+    contact, recorded, opted_out = consent_after([stop, subscribe], rules, batches=2)
+    assert contact.opted_out
+    assert recorded == ["wamid.STOP"]
+    assert opted_out["wamid.SUB"] is True  # so the responder does not confirm it
 
 
 def test_consent_messages_in_order_each_take_effect(rules: Rules) -> None:

@@ -441,7 +441,10 @@ async def serve_standalone(
     """The API alone on a free local port, with its own pool and batch writer (no consumer):
     for benchmarks and tests. Yields its base URL and the pool."""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=6)
-    writer = adapters.BatchWriter(pool, batch_size=256, linger=0.005, keys=keys)
+    # The writer's connections apart from the API's, as in the service (audit.app): requests
+    # holding the API's while they wait for their access record must leave the writer one.
+    writer_pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    writer = adapters.BatchWriter(writer_pool, batch_size=256, linger=0.005, keys=keys)
     writer.start()
     app = web.Application()
     add_api_routes(app, AuditApi(keys, pool, writer))
@@ -455,6 +458,7 @@ async def serve_standalone(
     finally:
         await runner.cleanup()
         await writer.close()
+        await writer_pool.close()
         await pool.close()
 
 

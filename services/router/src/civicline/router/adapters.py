@@ -105,9 +105,11 @@ async def record_consent(
     deliver messages out of order) does not overwrite it."""
     if route.intent == "opt_out":
         await connection.execute(
+            # Only the subscriptions given before it: one newer than the STOP stands.
             """UPDATE subscriptions SET subscribed = false, withdrawn_at = $3,
                       withdrawal_wamid = $4, updated_at = now()
-               WHERE phone_number_id = $1 AND citizen = $2 AND subscribed""",
+               WHERE phone_number_id = $1 AND citizen = $2 AND subscribed
+                 AND coalesce(consented_at, '-infinity') <= $3""",
             phone_number_id,
             citizen,
             at,

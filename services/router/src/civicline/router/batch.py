@@ -119,7 +119,7 @@ def plan_batch(
             route = classify(inbound, rules)
             after = apply_message(before, inbound, route, language)
             state[key] = plan.contacts[key] = after
-            if route.intent in CONSENT_INTENTS and not superseded(before, inbound, route):
+            if route.intent in CONSENT_INTENTS and not _withdrawn_since(before, inbound, route):
                 plan.consents.append(Consent(key, route, inbound.wamid, inbound.timestamp))
             lane = citizen_lanes.setdefault(key, [])
             if not lane:
@@ -149,6 +149,14 @@ def plan_batch(
             for i, error in enumerate(delivered.parsed.errors)
         ]
     return plan
+
+
+def _withdrawn_since(contact: ContactState, message: InboundMessage, route: Route) -> bool:
+    """A topic subscription older than a STOP the citizen sent later (delivered first): the
+    STOP withdrew it, so it is not recorded. Every other consent is recorded, each in its own
+    order: a subscription's row keeps its latest change, and a STOP withdraws only the
+    subscriptions given before it (adapters.record_consent)."""
+    return superseded(contact, message, route) and route.intent == "subscribe" and contact.opted_out
 
 
 def _take(fresh: set[str], key: str) -> bool:

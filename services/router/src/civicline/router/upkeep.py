@@ -20,7 +20,7 @@ FORGET_BATCH = 10_000
 FORGET_INTERVAL = 600.0
 
 
-async def forget_seen(pool: asyncpg.Pool, before: datetime, limit: int = FORGET_BATCH) -> int:
+async def forget_seen(pool: asyncpg.Pool, before: datetime, limit: int) -> int:
     """Delete up to `limit` dedup keys first seen before `before`; returns how many."""
     status = await pool.execute(
         """DELETE FROM router_seen WHERE dedup_key IN (
@@ -35,7 +35,7 @@ async def forget_seen(pool: asyncpg.Pool, before: datetime, limit: int = FORGET_
 async def forget_all_seen(pool: asyncpg.Pool, before: datetime) -> int:
     """Delete every dedup key first seen before `before`, a batch at a time."""
     total = 0
-    while (deleted := await forget_seen(pool, before)) > 0:
+    while (deleted := await forget_seen(pool, before, FORGET_BATCH)) > 0:
         total += deleted
         if deleted < FORGET_BATCH:
             break
