@@ -23,6 +23,7 @@ class Channel:
         self.outstanding: set[int] = set()
         self.acked: set[int] = set()
         self.nacked: set[int] = set()
+        self.settlements: list[tuple[str, int, bool]] = []  # (frame, tag, requeue)
         self.refused: list[str] = []  # frames RabbitMQ would close the channel for
 
     async def write(self, frame: str, tag: int, *, multiple: bool = False) -> None:
@@ -53,9 +54,11 @@ class Message:
         await self.channel.write("ack", self.delivery_tag, multiple=multiple)
 
     async def nack(self, requeue: bool = True) -> None:
+        self.channel.settlements.append(("nack", self.delivery_tag, requeue))
         await self.channel.write("nack", self.delivery_tag)
 
     async def reject(self, requeue: bool = False) -> None:
+        self.channel.settlements.append(("reject", self.delivery_tag, requeue))
         await self.channel.write("reject", self.delivery_tag)
 
 
@@ -118,4 +121,24 @@ async def test_a_handler_finishing_after_its_channel_closed_is_left_to_redeliver
     await consumer._deliver(message)  # type: ignore[arg-type]
     await consumer.stop(0.1)
     assert channel.acked == set()  # not acked on a channel that is gone, and nothing raised
+    assert channel.refused == []
+
+
+async def test_a_failed_message_goes_back_as_a_failure_that_counts_toward_its_delivery_limit() -> (
+    None
+):
+    # RabbitMQ 4.3 counts only basic.reject toward a quorum queue's delivery limit; a message
+    # given back with basic.nack after every failure would never be dead-lettered.
+    channel = Channel()
+
+    async def handle(message: Any) -> None:
+        if message.delivery_tag == 1:
+            raise ValueError("a bug")
+        raise PoisonMessage("never valid")
+
+    consumer = Consumer(None, HANDOFF_REQUESTS, handle, prefetch=5, retry_pause=0)  # type: ignore[arg-type]
+    for tag in (1, 2):
+        await consumer._deliver(Message(channel, tag))  # type: ignore[arg-type]
+    await consumer.stop(0.1)
+    assert channel.settlements == [("reject", 1, True), ("reject", 2, False)]
     assert channel.refused == []

@@ -471,10 +471,16 @@ class Consumer:
     async def _settle_now(
         self, acks: _ChannelAcks, message: AbstractIncomingMessage, *, requeue: bool
     ) -> None:
-        """Nack (`requeue`) or reject the message at once. It stays unfinished in the ledger
-        until the frame is out, so no multiple ack taken meanwhile can settle it first."""
+        """Give the message back to the queue (`requeue`) or dead-letter it, at once. It stays
+        unfinished in the ledger until the frame is out, so no multiple ack taken meanwhile can
+        settle it first.
+
+        Both are `basic.reject`: since RabbitMQ 4.3 only a reject counts toward a quorum
+        queue's delivery limit (a `basic.nack` says "not processed", not "failed"), so a
+        message that fails every time would otherwise be requeued forever, never
+        dead-lettered. On 3.10 both count; tests/integration/test_topology.py pins it."""
         async with self._ack_lock:
-            await self._settle(message.nack(requeue=True) if requeue else message.reject())
+            await self._settle(message.reject(requeue=requeue))
             if message.delivery_tag is not None:
                 acks.ledger.dropped(message.delivery_tag)
                 acks.messages.pop(message.delivery_tag, None)
