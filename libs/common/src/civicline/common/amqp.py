@@ -35,6 +35,7 @@ from civicline.common.acks import AckLedger, Acks
 from civicline.common.envelope import CONTENT_TYPE, Envelope
 from civicline.common.failures import (
     DependencyUnavailable,
+    UpstreamPaused,
     cancelled_from_below,
     is_outage,
     shutdown_step,
@@ -49,6 +50,9 @@ CORRELATION_HEADER = "x-correlation-id"
 KIND_HEADER = "x-civicline-kind"
 # How many times this message was put back for a later retry (absent: never).
 ATTEMPT_HEADER = "x-civicline-attempt"
+# The delivery id (below) of a message parked through a long outage: the copy carries on
+# under it, so the handler still knows a claim it wrote before the message was parked.
+DELIVERY_HEADER = "x-civicline-delivery"
 
 
 # A fresh id for each delivery a consumer handles, stable across its in-place retries, so a
@@ -240,6 +244,29 @@ class Publisher:
         jitter: it expires after 80–100 % of that queue's delay), confirmed by the broker."""
         queue = spec.retry_queue(attempt)
         delay = int(queue.rsplit(".", 1)[1].removesuffix("s"))
+        await self._delay(
+            message,
+            queue,
+            {ATTEMPT_HEADER: attempt},
+            expiration=delay * (0.8 + random.random() / 5),
+        )
+
+    async def park(self, message: AbstractIncomingMessage, spec: QueueSpec) -> None:
+        """Put a copy of `message` in `spec`'s longest delay queue, to be tried again when it
+        expires, as the same delivery (`delivery_id`) and without spending a retry: for work
+        held so long by an outage that the broker would take it back (Consumer.park_after)."""
+        queue = spec.retry_queue(len(spec.retry_delays))
+        # No jitter: a citizen's messages parked one after another come back in that order.
+        await self._delay(message, queue, {DELIVERY_HEADER: delivery_id.get()}, expiration=None)
+
+    async def _delay(
+        self,
+        message: AbstractIncomingMessage,
+        queue: str,
+        headers: Mapping[str, Any],
+        *,
+        expiration: float | None,
+    ) -> None:
         copy = aio_pika.Message(
             message.body,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -247,8 +274,8 @@ class Publisher:
             correlation_id=message.correlation_id,
             content_type=message.content_type,
             timestamp=message.timestamp,
-            headers={**message.headers, ATTEMPT_HEADER: attempt},
-            expiration=delay * (0.8 + random.random() / 5),
+            headers={**message.headers, **headers},
+            expiration=expiration,
         )
         try:
             await asyncio.wait_for(self._ensure_exchange(), self._timeout)
@@ -277,6 +304,9 @@ MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 # How long a finished delivery may wait to be acked together with others (civicline.common.acks).
 ACK_LINGER = 0.005
+# Seconds a message may be held through an outage before it is parked in a delay queue: well
+# within RabbitMQ's default consumer_timeout of 30 minutes.
+PARK_AFTER = 600.0
 
 
 @dataclass(slots=True)
@@ -316,6 +346,12 @@ class Consumer:
     Acks wait up to `ack_linger` seconds to go together, as one `multiple` ack for each run
     of finished deliveries (civicline.common.acks); with 0 they go at the loop's next turn.
     What is published downstream is not delayed by it, only the prefetch slot.
+
+    A message held through an outage for `park_after` seconds is handed to `park` (a copy
+    into the queue's delay queue) and acked: RabbitMQ takes back a delivery left unacked for
+    its `consumer_timeout` (30 min by default) by closing the channel, and before 4.3 every
+    such return counts toward the delivery limit, so work held through a long outage would be
+    dead-lettered instead of done. Waiting on `UpstreamPaused` keeps the consumer ready.
     """
 
     def __init__(
@@ -328,6 +364,8 @@ class Consumer:
         retry_pause: float = 1.0,
         max_outage_backoff: float = 5.0,
         ack_linger: float = ACK_LINGER,
+        park: Callable[[AbstractIncomingMessage], Awaitable[None]] | None = None,
+        park_after: float = PARK_AFTER,
     ) -> None:
         self._broker = broker
         self._spec = spec
@@ -352,6 +390,8 @@ class Consumer:
         self._ack_timer: asyncio.TimerHandle | None = None
         self._acking: set[asyncio.Task[None]] = set()
         self._acks_closed = False
+        self._park = park
+        self._park_after = park_after
 
     @property
     def is_consuming(self) -> bool:
@@ -406,7 +446,8 @@ class Consumer:
 
     async def _work(self, message: AbstractIncomingMessage, acks: _ChannelAcks) -> None:
         correlation_id = message.headers.get(CORRELATION_HEADER) or message.correlation_id
-        delivery_id.set(uuid.uuid4().hex)
+        parked_as = message.headers.get(DELIVERY_HEADER)
+        delivery_id.set(parked_as if isinstance(parked_as, str) and parked_as else uuid.uuid4().hex)
         try:
             with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
                 await self._handle(message, acks)
@@ -419,6 +460,7 @@ class Consumer:
     async def _handle(self, message: AbstractIncomingMessage, acks: _ChannelAcks) -> None:
         queue = self._spec.name
         outages = 0
+        held_since = 0.0
         while True:
             try:
                 with self._handle_seconds.time():
@@ -431,6 +473,12 @@ class Consumer:
             except Exception as exc:
                 if is_outage(exc) and not self._stopping and not _channel_closed(message):
                     outages += 1
+                    now = asyncio.get_running_loop().time()
+                    held_since = held_since or now
+                    if now - held_since >= self._park_after and await self._parked(message, exc):
+                        _consumed(queue, "parked").inc()
+                        self._done(acks, message)
+                        return
                     await self._wait_out(exc, outages)
                     continue
                 if self._stopping or _channel_closed(message):
@@ -453,6 +501,25 @@ class Consumer:
                 self._done(acks, message)
                 return
 
+    async def _parked(self, message: AbstractIncomingMessage, exc: BaseException) -> bool:
+        """Whether the message, held through a long outage, is now safe in the delay queue."""
+        if self._park is None:
+            return False
+        try:
+            await self._park(message)
+        except Exception as failure:
+            log.warning(
+                "park_failed", queue=self._spec.name, error=f"{type(failure).__name__}: {failure}"
+            )
+            return False
+        log.warning(
+            "message_parked",
+            queue=self._spec.name,
+            after_seconds=self._park_after,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return True
+
     async def _wait_out(self, exc: BaseException, outages: int) -> None:
         if outages == 1 or outages % 10 == 0:
             log.warning(
@@ -462,11 +529,14 @@ class Consumer:
                 error=f"{type(exc).__name__}: {exc}",
             )
         delay = min(self._max_outage_backoff, 0.1 * 2 ** min(outages, 10))
-        self._waiting_on_outage += 1
+        # Waiting on people outside (a paused sender) is no fault of this process: it stays
+        # ready, and keeps serving what does not need the sender (the campaign API).
+        counted = not isinstance(exc, UpstreamPaused)
+        self._waiting_on_outage += counted
         try:
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
         finally:
-            self._waiting_on_outage -= 1
+            self._waiting_on_outage -= counted
 
     async def _settle_now(
         self, acks: _ChannelAcks, message: AbstractIncomingMessage, *, requeue: bool

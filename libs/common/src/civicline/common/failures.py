@@ -23,6 +23,12 @@ class DependencyUnavailable(Exception):
     """RabbitMQ, Postgres or another dependency cannot be reached right now."""
 
 
+class UpstreamPaused(DependencyUnavailable):
+    """Work waits, as in an outage, on something people outside must fix (Meta refuses the
+    sender's token or number). Every replica waits alike and restarting none of them helps, so
+    the process stays ready, and keeps serving what does not need it."""
+
+
 _POSTGRES_OUTAGES = (
     asyncpg.PostgresConnectionError,  # class 08: the connection failed or was lost
     asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up or shutting down

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
+from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
 from civicline.common.amqp import Broker, Consumer, MessageHandler, Publisher
@@ -57,6 +58,19 @@ def _report_failed_start(starter: asyncio.Task[None]) -> None:
         log.error("start_failed", error=f"{type(error).__name__}: {error}")
 
 
+def _consumer(
+    broker: Broker, publisher: Publisher, spec: QueueSpec, handler: MessageHandler, prefetch: int
+) -> Consumer:
+    """A consumer of `spec`; one that has delay queues parks work held through a long outage."""
+
+    async def park(message: AbstractIncomingMessage) -> None:
+        await publisher.park(message, spec)
+
+    return Consumer(
+        broker, spec, handler, prefetch=prefetch, park=park if spec.retry_delays else None
+    )
+
+
 def create_consumer_app(
     settings: Settings,
     spec: QueueSpec,
@@ -82,7 +96,7 @@ def create_consumer_app(
             runtime = Runtime(settings, broker, publisher, pool)
             app[RUNTIME] = runtime
             handler = await build_handler(runtime)
-            consumer = Consumer(broker, spec, handler, prefetch=prefetch or settings.prefetch)
+            consumer = _consumer(broker, publisher, spec, handler, prefetch or settings.prefetch)
             # The broker may go away, or refuse a declaration, while a consumer starts: try
             # again until it works. Given up, the process would stay up, never ready and never
             # consuming, with nothing to restart it.
@@ -90,8 +104,12 @@ def create_consumer_app(
             state["consumer"] = consumer
             others = []
             for extra in more:
-                other = Consumer(
-                    broker, extra.spec, await extra.build_handler(runtime), prefetch=extra.prefetch
+                other = _consumer(
+                    broker,
+                    publisher,
+                    extra.spec,
+                    await extra.build_handler(runtime),
+                    extra.prefetch,
                 )
                 await retry_forever(other.start, what=f"consume {extra.spec.name}")
                 others.append(other)

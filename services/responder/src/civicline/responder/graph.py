@@ -18,7 +18,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from civicline.common.failures import DependencyUnavailable
+from civicline.common.failures import UpstreamPaused
 
 TEXT_BODY_MAX: Final = 4096
 
@@ -79,7 +79,7 @@ PAUSE_CODES: Final = frozenset(code for code, rule in ERROR_RULES.items() if rul
 GATEWAY_FAILURES: Final = frozenset({502, 504})
 
 
-class SenderPaused(DependencyUnavailable):
+class SenderPaused(UpstreamPaused):
     """Meta refuses every send of this sender (expired token, blocked or unregistered number):
     the message waits, unsent, until people fix it."""
 
