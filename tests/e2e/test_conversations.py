@@ -32,6 +32,7 @@ from civicline.responder.catalog import (
     load_catalog,
     to_graph_message,
 )
+from civicline.responder.pauses import PROBE_SECONDS
 from civicline.simulator import (
     RecordedSend,
     Simulator,
@@ -485,19 +486,25 @@ async def test_a_refused_sender_holds_the_reply_until_meta_takes_it(
 ) -> None:
     # An expired token (190) or a blocked number (368) refuses every send, whatever the
     # message (reference §6: "pause the sender"). The reply waits until people fix the
-    # sender (here: after three refusals) instead of being recorded as failed.
+    # sender (here: after three refusals) instead of being recorded as failed; meanwhile Meta
+    # is asked once per probe interval, not at every retry, and the responder stays ready
+    # (nothing in it is broken, and its campaign API must stay reachable).
     conversation = talk()
     conversation.simulator.inject_faults([{"code": code, "count": 3, "to": conversation.citizen}])
     wamid = await conversation.say("투표소 위치 알려주세요")
 
-    def answered() -> bool:
-        return any(send.accepted for send in conversation.replies_to(wamid))
-
-    await conversation.simulator.state.wait_for(answered, TIMEOUT)
+    readiness: list[bool] = []
+    while not any(send.accepted for send in conversation.replies_to(wamid)):
+        assert len(readiness) < TIMEOUT / 0.1, "the reply never went"
+        readiness.append(await conversation.pipeline.is_ready("responder"))
+        await asyncio.sleep(0.1)
+    assert all(readiness)
     audited = await conversation.audit(wamid, {"message.voting", "outbound.sent"})
     assert "outbound.failed" not in audited
     attempts = conversation.replies_to(wamid)
     assert [send.accepted for send in attempts] == [False, False, False, True]
+    gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(attempts)]
+    assert min(gaps) >= PROBE_SECONDS * 0.9, gaps
 
 
 # --- the 24-hour window -----------------------------------------------------------------------

@@ -734,8 +734,17 @@ def test_production_runs_rabbitmq_and_postgres_by_their_operators() -> None:
     assert roles == {"civicline_writer", "civicline_auditor"}
     rules = of_kind(docs, "PrometheusRule")["civicline"]["spec"]["groups"][0]["rules"]
     alerts = {r["alert"] for r in rules}
-    for needed in ("DeadLetters", "QueueGrowing", "GraphApiErrors", "AuditLag", "NoTreeHeadSigned"):
+    for needed in (
+        "DeadLetters",
+        "QueueGrowing",
+        "GraphApiErrors",
+        "SenderPaused",
+        "AuditLag",
+        "NoTreeHeadSigned",
+    ):
         assert f"CivicLine{needed}" in alerts
+    paused = next(r for r in rules if r["alert"] == "CivicLineSenderPaused")
+    assert "civicline_responder_sender_paused" in paused["expr"]
     dashboard = json.loads(
         of_kind(docs, "ConfigMap")["civicline-dashboard"]["data"]["civicline-surge.json"]
     )

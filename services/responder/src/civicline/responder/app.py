@@ -26,6 +26,7 @@ from civicline.responder.campaigns import broadcast_rate
 from civicline.responder.catalog import load_catalog
 from civicline.responder.graph import GraphClient
 from civicline.responder.handlers import responder_handler
+from civicline.responder.pauses import PausingGraph, SenderPauses
 from civicline.responder.throttle import BroadcastSender, RateLimitedSender, SendSchedule
 
 # Campaign jobs (100 recipients each) in flight at once: each sends one wave at a time, so
@@ -44,18 +45,21 @@ def create_app(settings: Settings) -> web.Application:
     ledgers: list[ReplyLedger] = []
     status_batchers: list[Batcher[Any, Any]] = []
     schedules: dict[str, SendSchedule] = {}
+    # One per process: a number Meta refuses outright is paused for replies and campaigns alike.
+    pauses = SenderPauses()
 
-    def graph_client() -> GraphClient:
+    def graph_client() -> PausingGraph:
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=settings.responder_broadcast_concurrency + 16)
         )
         sessions.append(session)
-        return GraphClient(
+        graph = GraphClient(
             session,
             base_url=settings.graph_api_base_url,
             api_version=settings.graph_api_version,
             access_token=settings.access_token,
         )
+        return PausingGraph(graph, pauses)
 
     def shared_schedule(runtime: Runtime) -> SendSchedule:
         # One schedule object per process: replies and broadcasts queue on the same lock.

@@ -151,7 +151,9 @@ async def _not_sent(
     if exc.pauses:
         # Meta took nothing, and will take nothing from this sender until people fix its
         # token or number: the claim goes, and the message waits here as in any outage
-        # (logged, with backoff), instead of being recorded failed and never answered.
+        # (logged, with backoff; parked in the delay queue if it lasts), instead of being
+        # recorded failed and never answered. Meanwhile the sender's pause gate
+        # (pauses.py) asks Meta once per probe interval, and the responder stays ready.
         await ledger.release(inbound.wamid)
         REPLIES.labels("paused").inc()
         raise SenderPaused(str(exc))

@@ -23,7 +23,8 @@ import asyncpg
 import structlog
 from prometheus_client import Counter
 
-from civicline.responder.graph import GraphClient, GraphError, SendResult
+from civicline.responder.graph import GraphError, SendResult
+from civicline.responder.pauses import Sends
 
 log = structlog.get_logger(__name__)
 
@@ -180,9 +181,9 @@ class SendSchedule:
 
 
 class RateLimitedSender:
-    """A GraphClient whose sends take slots of the shared schedule."""
+    """A Graph API client whose sends take slots of the shared schedule."""
 
-    def __init__(self, graph: GraphClient, schedule: SendSchedule) -> None:
+    def __init__(self, graph: Sends, schedule: SendSchedule) -> None:
         self._graph = graph
         self._schedule = schedule
 
@@ -232,7 +233,7 @@ class BroadcastSender:
     BATCH_SECONDS = 0.05
 
     def __init__(
-        self, graph: GraphClient, shared: SendSchedule, pool: asyncpg.Pool, *, broadcast_rate: float
+        self, graph: Sends, shared: SendSchedule, pool: asyncpg.Pool, *, broadcast_rate: float
     ) -> None:
         self._graph = graph
         self._shared = shared

@@ -1,0 +1,123 @@
+"""A sender Meta refuses outright (reference §6: "pause the sender"), paused in one place.
+
+An expired or revoked token (190, 0, a bare 401), a number blocked for policy violations (368)
+or one not registered (133010) make Meta refuse every send of that number until people fix it,
+which may take hours. The replies and campaign jobs wait meanwhile (handlers.py,
+broadcasts.py); this gate keeps them from asking Meta again and again while they wait: once a
+number is refused so, one send per `probe_every` seconds goes to Meta to learn whether it is
+fixed, and every other send of that number in this process is refused here, with the same
+error, without a call. The first send Meta takes again ends the pause.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from prometheus_client import Gauge
+
+from civicline.responder.graph import GraphError, SendResult
+
+log = structlog.get_logger(__name__)
+
+PAUSED = Gauge(
+    "civicline_responder_sender_paused",
+    "1 while Meta refuses every send of the number (token, blocked or unregistered number)",
+    ["phone_number_id"],
+)
+
+# Seconds between the sends that ask Meta whether a paused number works again.
+PROBE_SECONDS = 2.0
+
+
+@dataclass(slots=True)
+class _Pause:
+    error: GraphError  # Meta's refusal that paused the number
+    since: float
+    next_probe: float
+
+
+class SenderPauses:
+    """Which numbers Meta refuses outright, and when the next send may ask it again."""
+
+    def __init__(
+        self, *, probe_every: float = PROBE_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._probe_every = probe_every
+        self._clock = clock
+        self._pauses: dict[str, _Pause] = {}
+
+    def check(self, phone_number_id: str) -> None:
+        """Raise the number's refusal if it is paused, unless this send is the next probe
+        (which then goes, and the one after it waits `probe_every` again)."""
+        pause = self._pauses.get(phone_number_id)
+        if pause is None:
+            return
+        now = self._clock()
+        if now < pause.next_probe:
+            error = pause.error
+            raise GraphError(
+                f"not sent, the sender has been paused for {now - pause.since:.0f} s: "
+                f"{error.message}",
+                http_status=error.http_status,
+                code=error.code,
+                subcode=error.subcode,
+                fbtrace_id=error.fbtrace_id,
+            )
+        pause.next_probe = now + self._probe_every
+
+    def refused(self, phone_number_id: str, error: GraphError) -> None:
+        """Meta answered a send of the number with `error`."""
+        if not error.pauses:
+            if error.code is not None:
+                # Meta read the request and found fault with this message alone (a closed
+                # window, an unknown template): the sender itself works again.
+                self.accepted(phone_number_id)
+            return
+        now = self._clock()
+        pause = self._pauses.get(phone_number_id)
+        if pause is None:
+            self._pauses[phone_number_id] = _Pause(error, now, now + self._probe_every)
+            PAUSED.labels(phone_number_id).set(1)
+            log.error("sender_paused", phone_number_id=phone_number_id, error=str(error))
+        else:
+            pause.error = error
+
+    def accepted(self, phone_number_id: str) -> None:
+        """Meta took a send of the number: whatever paused it is fixed."""
+        pause = self._pauses.pop(phone_number_id, None)
+        if pause is not None:
+            PAUSED.labels(phone_number_id).set(0)
+            log.warning(
+                "sender_resumed",
+                phone_number_id=phone_number_id,
+                paused_seconds=round(self._clock() - pause.since, 1),
+            )
+
+    def is_paused(self, phone_number_id: str) -> bool:
+        return phone_number_id in self._pauses
+
+
+class Sends(Protocol):
+    async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult: ...
+
+
+class PausingGraph:
+    """A Graph API client whose sends pass the number's pause gate first."""
+
+    def __init__(self, graph: Sends, pauses: SenderPauses) -> None:
+        self._graph = graph
+        self._pauses = pauses
+
+    async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
+        self._pauses.check(phone_number_id)
+        try:
+            result = await self._graph.send(phone_number_id, message)
+        except GraphError as exc:
+            self._pauses.refused(phone_number_id, exc)
+            raise
+        self._pauses.accepted(phone_number_id)
+        return result
