@@ -144,6 +144,14 @@ class ReplyLedger:
     async def release(self, wamid: str) -> None:
         await release_reply(self._pool, wamid)
 
+    async def renew(self, wamid: str) -> None:
+        """The claim lasts REPLY_LEASE_SECONDS from now: its holder is about to call Meta."""
+        await self._pool.execute(
+            "UPDATE reply_ledger SET updated_at = now()"
+            " WHERE inbound_message_id = $1 AND state = 'sending'",
+            wamid,
+        )
+
     async def _claim_batch(self, claims: Sequence[Claim]) -> list[LedgerEntry | None]:
         first: dict[str, Claim] = {}
         for claim in claims:

@@ -28,7 +28,8 @@ from civicline.responder.core import (
     suppressed_event,
     window_closed_fallback,
 )
-from civicline.responder.graph import GraphError, SenderPaused
+from civicline.responder.graph import GraphError, SenderPaused, SendResult
+from civicline.responder.throttle import Slot
 
 log = structlog.get_logger(__name__)
 
@@ -89,21 +90,11 @@ def responder_handler(
             return
         assert slot is not None  # taken above for every Send
         try:
-            try:
-                result = await graph.send_now(inbound.phone_number_id, decision.message, slot)
-            except GraphError as exc:
-                fallback = (
-                    window_closed_fallback(inbound, decision, catalog)
-                    if exc.code == WINDOW_CLOSED
-                    else None
-                )
-                if fallback is None:
-                    raise
-                # Refused outright, so nothing went: the template goes under the same claim.
-                decision = fallback
-                result = await graph.send(inbound.phone_number_id, decision.message)
-        except GraphError as exc:
-            await _not_sent(ledger, publisher, message, inbound, decision, exc, max_retries)
+            decision, result = await send_reply(inbound, decision, slot)
+        except _Refused as refused:
+            await _not_sent(
+                ledger, publisher, message, inbound, refused.send, refused.error, max_retries
+            )
             return
         # Meta has the message: from here on only an outage may delay the record, never
         # make us forget that it was sent (a redelivery would then call it in doubt).
@@ -124,7 +115,40 @@ def responder_handler(
         if decision.away is not None:  # outside office hours: once per conversation
             await adapters.send_away_notice(pool, publisher, graph, inbound, decision.away)
 
+    async def send_reply(inbound: InboundRef, send: Send, slot: Slot) -> tuple[Send, SendResult]:
+        """Send `send` in `slot`: what went, and Meta's answer."""
+        number = inbound.phone_number_id
+        try:
+            return send, await graph.send_now(number, send.message, slot)
+        except GraphError as exc:
+            fallback = (
+                window_closed_fallback(inbound, send, catalog)
+                if exc.code == WINDOW_CLOSED
+                else None
+            )
+            if fallback is None:
+                raise _Refused(send, exc) from None
+        # Refused outright, so nothing went: the template goes under the same claim, in a slot
+        # of its own. The claim is renewed once that slot is ours, so that it lasts for this
+        # call as for the first: under a heavy slowdown the wait could outlast the lease, and
+        # a redelivery meanwhile would report the reply in doubt though it had not gone.
+        slot = await graph.wait_for_slot(number)
+        await ledger.renew(inbound.wamid)
+        try:
+            return fallback, await graph.send_now(number, fallback.message, slot)
+        except GraphError as exc:
+            raise _Refused(fallback, exc) from None
+
     return handle
+
+
+class _Refused(Exception):
+    """Meta did not take `send`."""
+
+    def __init__(self, send: Send, error: GraphError) -> None:
+        super().__init__(str(error))
+        self.send = send
+        self.error = error
 
 
 async def _not_sent(
