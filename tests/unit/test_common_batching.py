@@ -97,3 +97,26 @@ async def test_a_cancellation_from_below_is_an_outage_waited_out_and_the_batcher
         assert await asyncio.wait_for(batcher.submit(2), 5) == 2
     finally:
         await batcher.close()
+
+
+async def test_a_stop_ends_the_wait_for_an_outage_and_fails_the_batch_to_its_handlers() -> None:
+    recorder = Recorder(outage=1_000_000)  # the database stays unreachable
+    batcher: Batcher[int, int] = Batcher(recorder.process, size=10, linger=0, name="test")
+    batcher.start()
+    try:
+        waiting = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+        for _ in range(100):
+            if batcher.waiting_out_outage:  # the process is not ready meanwhile
+                break
+            await asyncio.sleep(0.01)
+        assert batcher.waiting_out_outage
+        for _ in range(20):  # a stop is the only way out: it would wait for ever
+            await asyncio.sleep(0.05)
+            assert not any(task.done() for task in waiting)
+        batcher.stopping()
+        outcomes = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 3)
+    finally:
+        await batcher.close()
+    # Each handler hears of the outage, so its consumer leaves the message to be redelivered.
+    assert all(isinstance(outcome, DependencyUnavailable) for outcome in outcomes)
+    assert not batcher.waiting_out_outage

@@ -7,7 +7,10 @@ only the expensive part (one transaction, one round trip per statement) is share
 
 A dependency outage is waited out here, with the batch in hand, and the same batch is tried
 again: failed back to its handlers, each would wait out the outage on its own random backoff
-and submit again, and one citizen's messages would come back in another order. Any other error
+and submit again, and one citizen's messages would come back in another order. Once the
+process is stopping (`stopping()`), an outage fails the batch to its handlers instead, whose
+consumer leaves their messages to be redelivered: a stop must not wait for the outage to end.
+Any other error
 is taken as one bad item: the batch is processed again item by item, in order, so the others
 still go through and only the bad one fails.
 """
@@ -60,10 +63,21 @@ class Batcher(Generic[T, R]):
         self._has_work = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._waiting_out = 0
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"batcher-{self._name}")
+
+    @property
+    def waiting_out_outage(self) -> bool:
+        """A batch is held until a dependency is back (the process is not ready meanwhile)."""
+        return self._waiting_out > 0
+
+    def stopping(self) -> None:
+        """The process is stopping: outages are no longer waited out (see the module)."""
+        self._stopping.set()
 
     async def submit(self, item: T) -> R:
         """Queue `item` (before any await, so items keep the order of the calls) and wait
@@ -109,6 +123,8 @@ class Batcher(Generic[T, R]):
                 if not is_outage(exc):
                     raise
                 error = exc
+            if self._stopping.is_set():
+                raise error
             attempt += 1
             if attempt == 1 or attempt % 10 == 0:
                 log.warning(
@@ -118,7 +134,13 @@ class Batcher(Generic[T, R]):
                     attempt=attempt,
                     error=f"{type(error).__name__}: {error}",
                 )
-            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 10)) * (0.5 + random.random() / 2))
+            delay = min(5.0, 0.1 * 2 ** min(attempt, 10)) * (0.5 + random.random() / 2)
+            self._waiting_out += 1
+            try:  # a stop ends the wait: one more try, and the batch fails if it must
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+            finally:
+                self._waiting_out -= 1
 
     async def _run_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:

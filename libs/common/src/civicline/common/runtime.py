@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import structlog
@@ -20,6 +21,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
 from civicline.common.amqp import Broker, Consumer, MessageHandler, Publisher
+from civicline.common.batching import Batcher
 from civicline.common.db import close_pool, connect_pool, pool_is_ready
 from civicline.common.failures import SHUTDOWN_STEP_TIMEOUT, shutdown_step
 from civicline.common.health import add_health_routes, register_readiness
@@ -38,6 +40,9 @@ class Runtime:
     pool: asyncpg.Pool
     # Stopped before the consumers drain: background work a handler factory started.
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The handlers' batchers: one holding a batch through an outage makes the process not
+    # ready, and a stop tells them to wait out outages no longer.
+    batchers: list[Batcher[Any, Any]] = field(default_factory=list)
 
 
 HandlerFactory = Callable[[Runtime], Awaitable[MessageHandler]]
@@ -125,11 +130,14 @@ def create_consumer_app(
         async def consuming() -> bool:
             consumer = state.get("consumer")
             others = state.get("more")
+            runtime = app.get(RUNTIME)
             return (
                 isinstance(consumer, Consumer)
                 and consumer.is_consuming
                 and isinstance(others, list)
                 and all(other.is_consuming for other in others)
+                and runtime is not None
+                and not any(batcher.waiting_out_outage for batcher in runtime.batchers)
             )
 
         register_readiness(app, "rabbitmq", broker_ready)
@@ -145,6 +153,8 @@ def create_consumer_app(
         # Every step is bounded and runs whatever the one before did: a process that hangs
         # on a dead dependency outlives its grace period and is killed with work in hand.
         runtime = app.get(RUNTIME)
+        for batcher in runtime.batchers if runtime is not None else ():
+            batcher.stopping()
         for stop in runtime.on_stop if runtime is not None else ():
             await shutdown_step("stop background work", stop(), timeout=settings.shutdown_timeout)
         consumers = [state.get("consumer"), *state.get("more", [])]  # type: ignore[misc]

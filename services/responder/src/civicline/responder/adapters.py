@@ -128,6 +128,10 @@ class ReplyLedger:
         self._claims.start()
         self._settlements.start()
 
+    @property
+    def batchers(self) -> tuple[Batcher[Any, Any], ...]:
+        return self._claims, self._settlements
+
     async def close(self) -> None:
         await self._claims.close()
         await self._settlements.close()

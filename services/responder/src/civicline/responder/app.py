@@ -74,6 +74,7 @@ def create_app(settings: Settings) -> web.Application:
         ledger = ReplyLedger(runtime.pool, batch_size=settings.prefetch)
         ledger.start()
         ledgers.append(ledger)
+        runtime.batchers.extend(ledger.batchers)
         return responder_handler(
             runtime.pool,
             ledger,
@@ -110,6 +111,7 @@ def create_app(settings: Settings) -> web.Application:
         batcher = status_batcher(runtime.pool, runtime.publisher)
         batcher.start()
         status_batchers.append(batcher)
+        runtime.batchers.append(batcher)
         return status_handler(runtime.publisher, batcher)
 
     app = create_consumer_app(

@@ -31,6 +31,7 @@ def create_app(settings: Settings) -> web.Application:
         )
         batcher.start()
         batchers.append(batcher)
+        runtime.batchers.append(batcher)
         forgetter = SeenForgetter(runtime.pool)
         forgetter.start()
         runtime.on_stop.append(forgetter.stop)
