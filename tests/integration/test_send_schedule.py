@@ -105,3 +105,32 @@ async def test_slots_reserved_before_a_throttling_error_are_never_used_after_it(
     slot = await schedule.wait_for_slot(NUMBER)
     assert schedule.throttled_at is not None
     assert slot.at - schedule.throttled_at >= PENALTY_SECONDS * 0.9
+
+
+async def test_a_burst_of_throttling_errors_slows_the_schedule_once(
+    pools: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    # Meta objects, and the sends already on their way all come back with 130429, on two
+    # replicas: one slowdown (twice the spacing, one second's pause), not one per error.
+    replicas = [SendSchedule(pool, rate=100) for pool in pools]
+    slots = [await replicas[i % 2].wait_for_slot(NUMBER) for i in range(8)]
+    await asyncio.gather(
+        *(replicas[i % 2].slow_down(NUMBER, sent_at=slot.at) for i, slot in enumerate(slots))
+    )
+
+    async def state() -> tuple[float, float]:
+        row = await pools[0].fetchrow(
+            "SELECT slowdown, extract(epoch FROM next_slot - clock_timestamp()) AS pause"
+            " FROM send_rate WHERE phone_number_id = $1",
+            NUMBER,
+        )
+        assert row is not None
+        return float(row["slowdown"]), float(row["pause"])
+
+    slowdown, pause = await state()
+    assert slowdown == 2.0
+    assert PENALTY_SECONDS * 0.8 <= pause <= PENALTY_SECONDS * 1.1
+    # A send in the slower schedule that Meta still refuses slows it again.
+    later = await replicas[0].wait_for_slot(NUMBER)
+    await replicas[0].slow_down(NUMBER, sent_at=later.at)
+    assert (await state())[0] == 4.0

@@ -265,7 +265,7 @@ def broadcast_handler(
             return "halted"  # cancelled since the claim
         message = template_message(campaign.id, campaign.spec, wa_id, language)
         try:
-            result = await sender.send_now(pnid, message)
+            result = await sender.send_now(pnid, message, slot)
         except GraphError as exc:
             return await _not_sent(campaign, wa_id, language, exc)
         # Meta has it: only an outage may delay the record, never lose it.

@@ -5,8 +5,8 @@ Meta's upgrade) counting all replicas: three replicas must not send 3 × 80. The
 in Postgres (table `send_rate`): each replica reserves a few evenly spaced send slots at a time
 (a GCRA with no burst), so no one-second window holds more than the limit, and waits for its
 slot. A throughput error (4, 80007, 130429, 131048) doubles the spacing and pushes the next
-slot back a second; the slowdown halves every ten seconds after that, so a surge queues in
-RabbitMQ instead of failing.
+slot back a second, once per burst (see `slow_down`); the slowdown halves every ten seconds
+after that, so a surge queues in RabbitMQ instead of failing.
 """
 
 from __future__ import annotations
@@ -161,23 +161,40 @@ class SendSchedule:
         assert row is not None
         return slot_times(row["start"], row["spacing"], count)
 
-    async def slow_down(self, phone_number_id: str) -> None:
-        """Meta said we send too fast: space slots further apart and pause a moment."""
+    async def slow_down(self, phone_number_id: str, *, sent_at: float | None = None) -> None:
+        """Meta said we send too fast: space slots further apart and pause a moment.
+
+        Once per burst: the sends already on their way when Meta first objected come back
+        with the same error, and each adding its own second and doubling would turn one
+        burst into the full MAX_SLOWDOWN. So a send due at `sent_at` (its slot), before the
+        latest slowdown of the number (by any replica), slows nothing more; one sent after it
+        (Meta still objects to the slower pace) does.
+        """
         THROTTLED.inc()
-        self._slots[phone_number_id].clear()
-        self._epochs[phone_number_id] += 1
-        await self._pool.execute(
+        self._void(phone_number_id)
+        slowed = await self._pool.fetchval(
             """UPDATE send_rate SET
                    slowdown = least($2, greatest(1.0, slowdown) * 2),
                    slowed_at = clock_timestamp(),
                    next_slot = greatest(next_slot, clock_timestamp())
                                + make_interval(secs => $3)
-               WHERE phone_number_id = $1""",
+               WHERE phone_number_id = $1
+                 AND (slowed_at IS NULL OR slowed_at <= to_timestamp($4))
+               RETURNING true""",
             phone_number_id,
             MAX_SLOWDOWN,
             PENALTY_SECONDS,
+            time.time() if sent_at is None else sent_at,
         )
-        log.warning("throughput_limited_by_meta", phone_number_id=phone_number_id)
+        # Slots reserved while the UPDATE was on its way may predate it: void them as well.
+        self._void(phone_number_id)
+        if slowed:
+            log.warning("throughput_limited_by_meta", phone_number_id=phone_number_id)
+
+    def _void(self, phone_number_id: str) -> None:
+        """Every slot this replica holds or is reserving for the number is void."""
+        self._slots[phone_number_id].clear()
+        self._epochs[phone_number_id] += 1
 
 
 class RateLimitedSender:
@@ -205,7 +222,7 @@ class RateLimitedSender:
             return await self._graph.send(phone_number_id, message)
         except GraphError as exc:
             if exc.throttle:
-                await self._schedule.slow_down(phone_number_id)
+                await self._schedule.slow_down(phone_number_id, sent_at=slot.at)
             raise
 
     async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
@@ -277,14 +294,22 @@ class BroadcastSender:
             return False
         return self._epochs[phone_number_id] == epoch
 
-    async def send_now(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
-        """Send in the slot given; a throughput error slows the schedules."""
+    async def send_now(
+        self, phone_number_id: str, message: Mapping[str, Any], slot: tuple[float, int]
+    ) -> SendResult:
+        """Send in `slot` (`next_slot`'s, waited for); a throughput error slows the
+        schedules."""
         try:
             return await self._graph.send(phone_number_id, message)
         except GraphError as exc:
             if exc.throttle:
-                self._epochs[phone_number_id] += 1
-                self._slots[phone_number_id].clear()
-                await self._shared.slow_down(phone_number_id)
-                await self._gate.slow_down(self._gate_key(phone_number_id))
+                sent_at = slot[0]
+                self._void(phone_number_id)
+                await self._shared.slow_down(phone_number_id, sent_at=sent_at)
+                await self._gate.slow_down(self._gate_key(phone_number_id), sent_at=sent_at)
+                self._void(phone_number_id)  # reserved while the slowdowns were on their way
             raise
+
+    def _void(self, phone_number_id: str) -> None:
+        self._epochs[phone_number_id] += 1
+        self._slots[phone_number_id].clear()
