@@ -24,6 +24,7 @@ def test_defaults_point_at_a_local_machine() -> None:
     assert settings.database_url == DEFAULT_DATABASE_URL
     assert settings.max_body_bytes == 4 * 1024 * 1024
     assert settings.publish_timeout == 5.0
+    assert settings.park_after == 600.0  # under RabbitMQ's default consumer_timeout, 30 min
     assert settings.log_level == "info"
 
 
@@ -44,6 +45,7 @@ def test_values_are_read_and_converted() -> None:
             "INGRESS_PORT": "9080",
             "INGRESS_MAX_BODY_BYTES": "1024",
             "CIVICLINE_PUBLISH_TIMEOUT": "0.5",
+            "CIVICLINE_PARK_AFTER": "300",
             "CIVICLINE_LOG_LEVEL": "DEBUG",
         },
         service_name="ingress",
@@ -54,6 +56,7 @@ def test_values_are_read_and_converted() -> None:
     assert settings.ingress_port == 9080
     assert settings.max_body_bytes == 1024
     assert settings.publish_timeout == 0.5
+    assert settings.park_after == 300.0
     assert settings.log_level == "debug"
     assert settings.service_name == "ingress"
 

@@ -50,9 +50,6 @@ CORRELATION_HEADER = "x-correlation-id"
 KIND_HEADER = "x-civicline-kind"
 # How many times this message was put back for a later retry (absent: never).
 ATTEMPT_HEADER = "x-civicline-attempt"
-# The delivery id (below) of a message parked through a long outage: the copy carries on
-# under it, so the handler still knows a claim it wrote before the message was parked.
-DELIVERY_HEADER = "x-civicline-delivery"
 
 
 # A fresh id for each delivery a consumer handles, stable across its in-place retries, so a
@@ -253,11 +250,17 @@ class Publisher:
 
     async def park(self, message: AbstractIncomingMessage, spec: QueueSpec) -> None:
         """Put a copy of `message` in `spec`'s longest delay queue, to be tried again when it
-        expires, as the same delivery (`delivery_id`) and without spending a retry: for work
-        held so long by an outage that the broker would take it back (Consumer.park_after)."""
+        expires, without spending a retry: for work held so long by an outage that the broker
+        would take it back (Consumer.park_after).
+
+        The copy is a new delivery, with a delivery id of its own: an id carried in the
+        message would reach two holders at once if the copy were redelivered while a handler
+        still worked on it, and each would take the other's claim for its own. So a claim the
+        handler wrote just before the outage (its answer lost) is someone else's to the copy:
+        past its lease, that reply is reported in doubt, never sent twice."""
         queue = spec.retry_queue(len(spec.retry_delays))
         # No jitter: a citizen's messages parked one after another come back in that order.
-        await self._delay(message, queue, {DELIVERY_HEADER: delivery_id.get()}, expiration=None)
+        await self._delay(message, queue, {}, expiration=None)
 
     async def _delay(
         self,
@@ -305,7 +308,7 @@ MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 # How long a finished delivery may wait to be acked together with others (civicline.common.acks).
 ACK_LINGER = 0.005
 # Seconds a message may be held through an outage before it is parked in a delay queue: well
-# within RabbitMQ's default consumer_timeout of 30 minutes.
+# within RabbitMQ's default consumer_timeout of 30 minutes (Settings.park_after).
 PARK_AFTER = 600.0
 
 
@@ -446,8 +449,7 @@ class Consumer:
 
     async def _work(self, message: AbstractIncomingMessage, acks: _ChannelAcks) -> None:
         correlation_id = message.headers.get(CORRELATION_HEADER) or message.correlation_id
-        parked_as = message.headers.get(DELIVERY_HEADER)
-        delivery_id.set(parked_as if isinstance(parked_as, str) and parked_as else uuid.uuid4().hex)
+        delivery_id.set(uuid.uuid4().hex)
         try:
             with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
                 await self._handle(message, acks)

@@ -64,7 +64,12 @@ def _report_failed_start(starter: asyncio.Task[None]) -> None:
 
 
 def _consumer(
-    broker: Broker, publisher: Publisher, spec: QueueSpec, handler: MessageHandler, prefetch: int
+    settings: Settings,
+    broker: Broker,
+    publisher: Publisher,
+    spec: QueueSpec,
+    handler: MessageHandler,
+    prefetch: int,
 ) -> Consumer:
     """A consumer of `spec`; one that has delay queues parks work held through a long outage."""
 
@@ -72,7 +77,12 @@ def _consumer(
         await publisher.park(message, spec)
 
     return Consumer(
-        broker, spec, handler, prefetch=prefetch, park=park if spec.retry_delays else None
+        broker,
+        spec,
+        handler,
+        prefetch=prefetch,
+        park=park if spec.retry_delays else None,
+        park_after=settings.park_after,
     )
 
 
@@ -101,7 +111,9 @@ def create_consumer_app(
             runtime = Runtime(settings, broker, publisher, pool)
             app[RUNTIME] = runtime
             handler = await build_handler(runtime)
-            consumer = _consumer(broker, publisher, spec, handler, prefetch or settings.prefetch)
+            consumer = _consumer(
+                settings, broker, publisher, spec, handler, prefetch or settings.prefetch
+            )
             # The broker may go away, or refuse a declaration, while a consumer starts: try
             # again until it works. Given up, the process would stay up, never ready and never
             # consuming, with nothing to restart it.
@@ -110,6 +122,7 @@ def create_consumer_app(
             others = []
             for extra in more:
                 other = _consumer(
+                    settings,
                     broker,
                     publisher,
                     extra.spec,

@@ -66,6 +66,9 @@ class Settings:
     publish_timeout: float = 5.0
     prefetch: int = 64
     shutdown_timeout: float = 20.0
+    # Seconds a consumer holds a message through an outage before it parks it in a delay
+    # queue: below RabbitMQ's consumer_timeout (30 min by default).
+    park_after: float = 600.0
     responder_max_retries: int = 25
     responder_send_rate: int = 80
     router_batch_size: int = 100
@@ -161,6 +164,7 @@ class Settings:
             publish_timeout=seconds("CIVICLINE_PUBLISH_TIMEOUT", 5.0),
             prefetch=integer("CIVICLINE_PREFETCH", 64),
             shutdown_timeout=seconds("CIVICLINE_SHUTDOWN_TIMEOUT", 20.0),
+            park_after=seconds("CIVICLINE_PARK_AFTER", 600.0),
             responder_max_retries=integer("RESPONDER_MAX_RETRIES", 25),
             responder_send_rate=integer("RESPONDER_SEND_RATE", 80),
             router_batch_size=integer("ROUTER_BATCH_SIZE", 100),
@@ -222,6 +226,7 @@ _ALL_NAMES = (
     "CIVICLINE_PUBLISH_TIMEOUT",
     "CIVICLINE_PREFETCH",
     "CIVICLINE_SHUTDOWN_TIMEOUT",
+    "CIVICLINE_PARK_AFTER",
     "RESPONDER_MAX_RETRIES",
     "RESPONDER_SEND_RATE",
     "RESPONDER_MESSAGING_TIER",
