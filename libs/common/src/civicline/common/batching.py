@@ -150,8 +150,12 @@ class Batcher(Generic[T, R]):
                 done.cancel()
             raise
         except Exception as exc:
-            if len(batch) == 1:
-                _settle(batch[0][1], exc)
+            if len(batch) == 1 or (self._stopping.is_set() and is_outage(exc)):
+                # Stopping in an outage: every item would meet it again, one by one (each try
+                # as slow as a hung dependency makes it), and items after a failed one could
+                # go through first. All go back to their handlers together.
+                for _, done in batch:
+                    _settle(done, exc)
                 return
             log.warning(
                 "batch_failed_retrying_one_by_one",
