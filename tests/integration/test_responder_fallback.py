@@ -1,6 +1,6 @@
 """A reply refused with 131047 goes as the template under the same claim, on the real Postgres
-and RabbitMQ: the claim is renewed once the template's slot is taken, so a wait for that slot
-longer than the lease does not leave the claim looking abandoned when the template goes."""
+and RabbitMQ: the claim is held live while the send waits for the template's slot, so a wait
+longer than the lease does not leave it looking abandoned to a redelivery."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ class SlowSlots:
         return await self.send_now(phone_number_id, message, await self.wait_for_slot(NUMBER))
 
 
-async def test_the_template_goes_under_a_claim_renewed_after_its_slot(
+async def test_the_template_goes_under_a_claim_held_live_while_it_waits_for_its_slot(
     environment: Environment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(adapters, "REPLY_LEASE_SECONDS", LEASE)

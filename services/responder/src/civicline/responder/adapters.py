@@ -3,7 +3,9 @@ idempotency key) and the away notice, claimed once per conversation before it is
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -148,13 +150,32 @@ class ReplyLedger:
     async def release(self, wamid: str) -> None:
         await release_reply(self._pool, wamid)
 
-    async def renew(self, wamid: str) -> None:
-        """The claim lasts REPLY_LEASE_SECONDS from now: its holder is about to call Meta."""
-        await self._pool.execute(
-            "UPDATE reply_ledger SET updated_at = now()"
-            " WHERE inbound_message_id = $1 AND state = 'sending'",
-            wamid,
-        )
+    @contextlib.asynccontextmanager
+    async def held(self, wamid: str) -> AsyncIterator[None]:
+        """While the block runs, the claim on `wamid` stays live: it is renewed every third of
+        REPLY_LEASE_SECONDS. A redelivery meanwhile (our channel died, not our process) waits
+        for this holder's outcome, however long its send waits for a slot; if the process
+        dies, the renewals stop with it and the claim lapses as before."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(REPLY_LEASE_SECONDS / 3)
+                try:
+                    await self._pool.execute(
+                        "UPDATE reply_ledger SET updated_at = now()"
+                        " WHERE inbound_message_id = $1 AND state = 'sending'",
+                        wamid,
+                    )
+                except Exception as exc:  # an outage: the claim may lapse, nothing else
+                    log.warning("reply_claim_not_renewed", error=f"{type(exc).__name__}: {exc}")
+
+        renewing = asyncio.create_task(renew(), name=f"renew-claim-{wamid}")
+        try:
+            yield
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
 
     async def _claim_batch(self, claims: Sequence[Claim]) -> list[LedgerEntry | None]:
         first: dict[str, Claim] = {}

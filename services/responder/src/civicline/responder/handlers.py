@@ -90,7 +90,8 @@ def responder_handler(
             return
         assert slot is not None  # taken above for every Send
         try:
-            decision, result = await send_reply(inbound, decision, slot)
+            async with ledger.held(inbound.wamid):
+                decision, result = await send_reply(inbound, decision, slot)
         except _Refused as refused:
             await _not_sent(
                 ledger, publisher, message, inbound, refused.send, refused.error, max_retries
@@ -129,11 +130,10 @@ def responder_handler(
             if fallback is None:
                 raise _Refused(send, exc) from None
         # Refused outright, so nothing went: the template goes under the same claim, in a slot
-        # of its own. The claim is renewed once that slot is ours, so that it lasts for this
-        # call as for the first: under a heavy slowdown the wait could outlast the lease, and
-        # a redelivery meanwhile would report the reply in doubt though it had not gone.
+        # of its own. The claim is held live meanwhile (`ledger.held`): under a heavy slowdown
+        # the wait could outlast its lease, and a redelivery would then report the reply in
+        # doubt though it had not gone.
         slot = await graph.wait_for_slot(number)
-        await ledger.renew(inbound.wamid)
         try:
             return fallback, await graph.send_now(number, fallback.message, slot)
         except GraphError as exc:
