@@ -120,7 +120,7 @@ async def test_a_stop_ends_the_wait_for_an_outage_and_fails_the_batch_to_its_han
         await batcher.close()
     # Each handler hears of the outage, so its consumer leaves the message to be redelivered.
     assert all(isinstance(outcome, DependencyUnavailable) for outcome in outcomes)
-    assert not batcher.waiting_out_outage
+    assert [batcher.waiting_out_outage] == [False]  # ready again
     # One more try of the whole batch, then back to the handlers together: not item by item
     # (each as slow as a hung dependency, and later items could go through before earlier).
     assert recorder.batches[tries:] == [[0, 1, 2]]

@@ -744,7 +744,7 @@ def test_production_runs_rabbitmq_and_postgres_by_their_operators() -> None:
     ):
         assert f"CivicLine{needed}" in alerts
     paused = next(r for r in rules if r["alert"] == "CivicLineSenderPaused")
-    assert "civicline_responder_sender_paused" in paused["expr"]
+    assert "civicline_responder_sender_refused_timestamp_seconds" in paused["expr"]
     dashboard = json.loads(
         of_kind(docs, "ConfigMap")["civicline-dashboard"]["data"]["civicline-surge.json"]
     )

@@ -1,15 +1,18 @@
 """A sender Meta refuses outright is paused: while it is, one send per probe interval asks Meta
-again and the others are refused without a call; the first send Meta reads ends the pause."""
+again and the others are refused without a call; a send started since then that Meta takes, or
+refuses for that message alone, ends the pause."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from civicline.responder.graph import GraphError, SendResult
-from civicline.responder.pauses import PAUSED, PausingGraph, SenderPauses
+from civicline.responder.pauses import REFUSED_AT, PausingGraph, SenderPauses
 
 NUMBER = "1234567890"
 EXPIRED = GraphError("Error validating access token", http_status=401, code=190)
@@ -38,13 +41,13 @@ class Meta:
         return SendResult(wamid=answer, wa_id="82", raw={})
 
 
-def paused_gauge() -> float | None:
-    return PAUSED.labels(NUMBER)._value.get()  # type: ignore[no-any-return]
+def refused_at(number: str) -> float:
+    return REFUSED_AT.labels(number)._value.get()  # type: ignore[no-any-return]
 
 
-async def attempt(graph: PausingGraph) -> GraphError | str:
+async def attempt(graph: PausingGraph, number: str = NUMBER) -> GraphError | str:
     try:
-        return (await graph.send(NUMBER, {"to": "82"})).wamid
+        return (await graph.send(number, {"to": "82"})).wamid
     except GraphError as exc:
         return exc
 
@@ -52,27 +55,32 @@ async def attempt(graph: PausingGraph) -> GraphError | str:
 async def test_a_paused_number_asks_meta_once_per_probe_until_it_takes_a_send() -> None:
     clock = Clock()
     meta = Meta(EXPIRED, EXPIRED, "wamid.ok", "wamid.next")
-    graph = PausingGraph(meta, SenderPauses(probe_every=2.0, clock=clock))
+    pauses = SenderPauses(probe_every=2.0, clock=clock)
+    graph = PausingGraph(meta, pauses)
+    number = "1234567001"  # the gauge is the process's: a number of this test's own
 
-    first = await attempt(graph)
+    before = time.time()
+    first = await attempt(graph, number)
     assert isinstance(first, GraphError)
     assert first.pauses
-    assert paused_gauge() == 1
+    assert before <= refused_at(number) <= time.time()  # what the alert watches
+    assert graph.paused(number)  # the handler waits without a slot or a claim
     # Until the probe is due, sends are refused here with Meta's refusal, never sent.
     for _ in range(50):
-        refused = await attempt(graph)
+        refused = await attempt(graph, number)
         assert isinstance(refused, GraphError)
         assert (refused.code, refused.http_status, refused.pauses) == (190, 401, True)
         assert not refused.ambiguous  # nothing went: safe to send later
     assert meta.calls == 1
     clock.now += 2.0
-    assert isinstance(await attempt(graph), GraphError)  # the probe: Meta still refuses
-    assert isinstance(await attempt(graph), GraphError)  # and the next waits for its turn
+    assert not graph.paused(number)  # the probe is due: it goes the whole way
+    assert isinstance(await attempt(graph, number), GraphError)  # Meta still refuses
+    assert isinstance(await attempt(graph, number), GraphError)  # the next waits its turn
     assert meta.calls == 2
     clock.now += 2.0
-    assert await attempt(graph) == "wamid.ok"  # people fixed the token
-    assert paused_gauge() == 0
-    assert await attempt(graph) == "wamid.next"  # every send goes again
+    assert await attempt(graph, number) == "wamid.ok"  # people fixed the token
+    assert not pauses.is_paused(number)
+    assert await attempt(graph, number) == "wamid.next"  # every send goes again
     assert meta.calls == 4
 
 
@@ -81,9 +89,11 @@ async def test_a_paused_number_asks_meta_once_per_probe_until_it_takes_a_send() 
     [
         # Meta read the request and refused this message alone: the sender works again.
         (GraphError("Re-engagement message", http_status=400, code=131047), False),
-        # No answer at all says nothing about the token.
+        # No answer at all, or a transient or throttling code, says nothing about the token.
         (GraphError("no response from the Graph API", http_status=0, ambiguous=True), True),
         (GraphError("unexpected response: Service Unavailable", http_status=503), True),
+        (GraphError("An unknown error occurred", http_status=500, code=1), True),
+        (GraphError("Rate limit hit", http_status=400, code=130429), True),
     ],
 )
 async def test_what_a_probe_learns_from_an_error(answer: GraphError, still_paused: bool) -> None:
@@ -105,3 +115,36 @@ async def test_an_error_about_one_message_does_not_pause_the_number() -> None:
     assert not pauses.is_paused(NUMBER)
     assert await attempt(graph) == "wamid.ok"
     assert meta.calls == 2
+
+
+class Answers:
+    """Meta answering each send when the test says so, in any order."""
+
+    def __init__(self) -> None:
+        self.pending: list[asyncio.Future[GraphError | str]] = []
+
+    async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
+        answer: asyncio.Future[GraphError | str] = asyncio.get_running_loop().create_future()
+        self.pending.append(answer)
+        outcome = await answer
+        if isinstance(outcome, GraphError):
+            raise outcome
+        return SendResult(wamid=outcome, wa_id="82", raw={})
+
+
+async def test_a_send_started_before_the_pause_does_not_end_it() -> None:
+    # Two sends on their way; Meta refuses the second (the token was revoked between them)
+    # and then takes the first, which it had read before: that says nothing about now.
+    clock = Clock()
+    meta = Answers()
+    pauses = SenderPauses(probe_every=2.0, clock=clock)
+    graph = PausingGraph(meta, pauses)
+    earlier = asyncio.create_task(attempt(graph))
+    later = asyncio.create_task(attempt(graph))
+    await asyncio.sleep(0)
+    clock.now += 0.5
+    meta.pending[1].set_result(EXPIRED)
+    assert await later is EXPIRED
+    meta.pending[0].set_result("wamid.before")
+    assert await earlier == "wamid.before"
+    assert pauses.is_paused(NUMBER)

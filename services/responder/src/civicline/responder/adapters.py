@@ -27,6 +27,9 @@ log = structlog.get_logger(__name__)
 class MessageSender(Protocol):
     """What sends a Graph API message within the number's throughput limit."""
 
+    def paused(self, phone_number_id: str) -> bool:
+        """Meta refuses every send of the number for now: a send would be refused unsent."""
+
     async def wait_for_slot(self, phone_number_id: str) -> Slot:
         """Wait for the number's next send slot."""
 

@@ -67,6 +67,11 @@ def responder_handler(
         if isinstance(decision, NoReply):
             return
         state = "suppressed" if isinstance(decision, Suppress) else "sending"
+        if isinstance(decision, Send) and graph.paused(inbound.phone_number_id):
+            # Meta refuses this sender until people fix it and no probe is due: wait, as in
+            # an outage, without taking a slot or writing a claim.
+            REPLIES.labels("paused").inc()
+            raise SenderPaused(f"sender {inbound.phone_number_id} is paused")
         # The slot first, then the claim: a claim then lasts only as long as the Graph API
         # call, so a responder killed while its sends wait for slots (up to a prefetch of
         # them, at a low limit) leaves them unclaimed, answered after redelivery, instead of

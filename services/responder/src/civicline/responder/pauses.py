@@ -6,7 +6,8 @@ which may take hours. The replies and campaign jobs wait meanwhile (handlers.py,
 broadcasts.py); this gate keeps them from asking Meta again and again while they wait: once a
 number is refused so, one send per `probe_every` seconds goes to Meta to learn whether it is
 fixed, and every other send of that number in this process is refused here, with the same
-error, without a call. The first send Meta takes again ends the pause.
+error, without a call. A send started after the pause began that Meta takes, or refuses for a
+fault of that message alone, ends the pause.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from civicline.responder.graph import GraphError, SendResult
 
 log = structlog.get_logger(__name__)
 
-PAUSED = Gauge(
-    "civicline_responder_sender_paused",
-    "1 while Meta refuses every send of the number (token, blocked or unregistered number)",
+# When Meta last refused the number outright (Unix time): alert while it is recent. A gauge of
+# "paused now" would stay at 1 on a replica that never sends for the number again.
+REFUSED_AT = Gauge(
+    "civicline_responder_sender_refused_timestamp_seconds",
+    "When Meta last refused every send of the number (token, blocked or unregistered number)",
     ["phone_number_id"],
 )
 
@@ -50,6 +53,14 @@ class SenderPauses:
         self._clock = clock
         self._pauses: dict[str, _Pause] = {}
 
+    def now(self) -> float:
+        return self._clock()
+
+    def held(self, phone_number_id: str) -> bool:
+        """The number is paused and its next probe is not due: a send now would be refused."""
+        pause = self._pauses.get(phone_number_id)
+        return pause is not None and self._clock() < pause.next_probe
+
     def check(self, phone_number_id: str) -> None:
         """Raise the number's refusal if it is paused, unless this send is the next probe
         (which then goes, and the one after it waits `probe_every` again)."""
@@ -69,33 +80,35 @@ class SenderPauses:
             )
         pause.next_probe = now + self._probe_every
 
-    def refused(self, phone_number_id: str, error: GraphError) -> None:
-        """Meta answered a send of the number with `error`."""
-        if not error.pauses:
-            if error.code is not None:
-                # Meta read the request and found fault with this message alone (a closed
-                # window, an unknown template): the sender itself works again.
-                self.accepted(phone_number_id)
-            return
-        now = self._clock()
-        pause = self._pauses.get(phone_number_id)
-        if pause is None:
-            self._pauses[phone_number_id] = _Pause(error, now, now + self._probe_every)
-            PAUSED.labels(phone_number_id).set(1)
-            log.error("sender_paused", phone_number_id=phone_number_id, error=str(error))
-        else:
-            pause.error = error
+    def refused(self, phone_number_id: str, error: GraphError, *, started: float) -> None:
+        """Meta answered with `error` a send of the number started at `started`."""
+        if error.pauses:
+            REFUSED_AT.labels(phone_number_id).set(time.time())
+            pause = self._pauses.get(phone_number_id)
+            if pause is None:
+                now = self._clock()
+                self._pauses[phone_number_id] = _Pause(error, now, now + self._probe_every)
+                log.error("sender_paused", phone_number_id=phone_number_id, error=str(error))
+            else:
+                pause.error = error
+        elif error.code is not None and not error.retryable:
+            # Meta read the request and found fault with this message alone (a closed
+            # window, an unknown template), so the sender itself works. A transient or
+            # throttling code, or no answer at all, says nothing about it.
+            self.accepted(phone_number_id, started=started)
 
-    def accepted(self, phone_number_id: str) -> None:
-        """Meta took a send of the number: whatever paused it is fixed."""
-        pause = self._pauses.pop(phone_number_id, None)
-        if pause is not None:
-            PAUSED.labels(phone_number_id).set(0)
-            log.warning(
-                "sender_resumed",
-                phone_number_id=phone_number_id,
-                paused_seconds=round(self._clock() - pause.since, 1),
-            )
+    def accepted(self, phone_number_id: str, *, started: float) -> None:
+        """Meta took a send of the number started at `started`: if it started after the pause
+        began, whatever paused the number is fixed."""
+        pause = self._pauses.get(phone_number_id)
+        if pause is None or started < pause.since:
+            return
+        del self._pauses[phone_number_id]
+        log.warning(
+            "sender_resumed",
+            phone_number_id=phone_number_id,
+            paused_seconds=round(self._clock() - pause.since, 1),
+        )
 
     def is_paused(self, phone_number_id: str) -> bool:
         return phone_number_id in self._pauses
@@ -112,12 +125,17 @@ class PausingGraph:
         self._graph = graph
         self._pauses = pauses
 
+    def paused(self, phone_number_id: str) -> bool:
+        """A send of the number now would be refused here (see SenderPauses.held)."""
+        return self._pauses.held(phone_number_id)
+
     async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
         self._pauses.check(phone_number_id)
+        started = self._pauses.now()
         try:
             result = await self._graph.send(phone_number_id, message)
         except GraphError as exc:
-            self._pauses.refused(phone_number_id, exc)
+            self._pauses.refused(phone_number_id, exc, started=started)
             raise
-        self._pauses.accepted(phone_number_id)
+        self._pauses.accepted(phone_number_id, started=started)
         return result

@@ -24,7 +24,7 @@ import structlog
 from prometheus_client import Counter
 
 from civicline.responder.graph import GraphError, SendResult
-from civicline.responder.pauses import Sends
+from civicline.responder.pauses import PausingGraph, Sends
 
 log = structlog.get_logger(__name__)
 
@@ -200,9 +200,13 @@ class SendSchedule:
 class RateLimitedSender:
     """A Graph API client whose sends take slots of the shared schedule."""
 
-    def __init__(self, graph: Sends, schedule: SendSchedule) -> None:
+    def __init__(self, graph: PausingGraph, schedule: SendSchedule) -> None:
         self._graph = graph
         self._schedule = schedule
+
+    def paused(self, phone_number_id: str) -> bool:
+        """Meta refuses every send of the number and no probe is due (pauses.py)."""
+        return self._graph.paused(phone_number_id)
 
     async def wait_for_slot(self, phone_number_id: str) -> Slot:
         """A slot, returned CLAIM_LEAD seconds before it is due: time for the caller's ledger

@@ -1,11 +1,13 @@
-"""A reply refused with 131047 goes as the template under the same claim, on the real Postgres
-and RabbitMQ: the claim is held live while the send waits for the template's slot, so a wait
-longer than the lease does not leave it looking abandoned to a redelivery."""
+"""The responder's handler on the real Postgres and RabbitMQ, with Meta and its send schedule
+played by the test: a reply refused with 131047 goes as the template under the same claim,
+held live while the send waits for the template's slot (a wait longer than the lease does not
+leave it looking abandoned to a redelivery); a paused sender's reply waits with no claim."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +19,7 @@ from civicline.common.envelope import Envelope, event_id, utc_now
 from civicline.responder import adapters
 from civicline.responder.adapters import ReplyLedger
 from civicline.responder.catalog import load_catalog
-from civicline.responder.graph import GraphError, SendResult
+from civicline.responder.graph import GraphError, SenderPaused, SendResult
 from civicline.responder.handlers import responder_handler
 from civicline.responder.throttle import Slot
 from support.isolation import Environment, EnvironmentFactory
@@ -52,6 +54,11 @@ class SlowSlots:
     sent: list[Mapping[str, Any]] = field(default_factory=list)
     claim_live_at_send: list[bool] = field(default_factory=list)
 
+    paused_sender: bool = False
+
+    def paused(self, phone_number_id: str) -> bool:
+        return self.paused_sender
+
     async def wait_for_slot(self, phone_number_id: str) -> Slot:
         self.slots += 1
         if self.slots == 2:
@@ -78,11 +85,7 @@ class SlowSlots:
         return await self.send_now(phone_number_id, message, await self.wait_for_slot(NUMBER))
 
 
-async def test_the_template_goes_under_a_claim_held_live_while_it_waits_for_its_slot(
-    environment: Environment, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(adapters, "REPLY_LEASE_SECONDS", LEASE)
-    wamid = "wamid.WINDOW"
+def classified(wamid: str) -> Message:
     payload = {
         "wamid": wamid,
         "phone_number_id": NUMBER,
@@ -91,33 +94,70 @@ async def test_the_template_goes_under_a_claim_held_live_while_it_waits_for_its_
         "language": "ko",
         "timestamp": utc_now().isoformat(),
     }
-    body = Envelope(
-        event_id=event_id("test", wamid),
-        kind="message.voting",
-        occurred_at=utc_now(),
-        correlation_id=wamid,
-        payload=payload,
-    ).encode()
-    pool = await asyncpg.create_pool(environment.database_url, min_size=1, max_size=4)
-    broker = Broker(environment.amqp_url, connection_name="fallback-test")
+    return Message(
+        Envelope(
+            event_id=event_id("test", wamid),
+            kind="message.voting",
+            occurred_at=utc_now(),
+            correlation_id=wamid,
+            payload=payload,
+        ).encode()
+    )
+
+
+@contextlib.asynccontextmanager
+async def handler_for(
+    environment: Environment, meta: SlowSlots
+) -> AsyncIterator[Callable[[Message], Awaitable[None]]]:
+    broker = Broker(environment.amqp_url, connection_name="handler-test")
     broker.start()
-    ledger = ReplyLedger(pool)
+    ledger = ReplyLedger(meta.pool)
     ledger.start()
-    meta = SlowSlots(pool, wamid)
     try:
         handle = responder_handler(
-            pool, ledger, Publisher(broker, timeout=5), meta, load_catalog(), max_retries=3
+            meta.pool, ledger, Publisher(broker, timeout=5), meta, load_catalog(), max_retries=3
         )
         await broker.connection()
-        await handle(Message(body))  # type: ignore[arg-type]
-        state = await pool.fetchrow(
-            "SELECT state, wamid FROM reply_ledger WHERE inbound_message_id = $1", wamid
-        )
+        yield handle  # type: ignore[misc]
     finally:
         await ledger.close()
         await broker.close()
-        await pool.close()
+
+
+@pytest.fixture
+async def pool(environment: Environment) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(environment.database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+async def test_the_template_goes_under_a_claim_held_live_while_it_waits_for_its_slot(
+    environment: Environment, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapters, "REPLY_LEASE_SECONDS", LEASE)
+    wamid = "wamid.WINDOW"
+    meta = SlowSlots(pool, wamid)
+    async with handler_for(environment, meta) as handle:
+        await handle(classified(wamid))
+    state = await pool.fetchrow(
+        "SELECT state, wamid FROM reply_ledger WHERE inbound_message_id = $1", wamid
+    )
     assert [message["type"] for message in meta.sent] == ["text", "template"]
     assert meta.claim_live_at_send == [True, True]  # the claim was live at both calls
     assert state is not None
     assert dict(state) == {"state": "sent", "wamid": "wamid.TEMPLATE"}
+
+
+async def test_a_paused_senders_reply_waits_without_a_slot_or_a_claim(
+    environment: Environment, pool: asyncpg.Pool
+) -> None:
+    wamid = "wamid.PAUSED"
+    meta = SlowSlots(pool, wamid, paused_sender=True)
+    async with handler_for(environment, meta) as handle:
+        with pytest.raises(SenderPaused):  # the consumer holds the message, as in an outage
+            await handle(classified(wamid))
+    assert (meta.slots, meta.sent) == (0, [])
+    ledger = await pool.fetchval(
+        "SELECT count(*) FROM reply_ledger WHERE inbound_message_id = $1", wamid
+    )
+    assert ledger == 0
