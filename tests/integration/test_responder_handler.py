@@ -63,7 +63,7 @@ class SlowSlots:
         self.slots += 1
         if self.slots == 2:
             await asyncio.sleep(LEASE * 1.5)
-        return Slot(at=0.0, epoch=0)
+        return Slot(at=0.0, epoch=0, reserved_at=0.0)
 
     async def send_now(
         self, phone_number_id: str, message: Mapping[str, Any], slot: Slot

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from civicline.responder.throttle import HEADROOM, PENALTY_SECONDS, SendSchedule
+from civicline.responder.throttle import HEADROOM, PENALTY_SECONDS, Reservation, SendSchedule
 from support.isolation import Environment, EnvironmentFactory
 from support.timing import busiest_second
 
@@ -67,7 +67,7 @@ async def test_meta_throttling_pauses_and_spaces_the_sends(
     for _ in range(5):
         await schedule.wait_for_slot(NUMBER)
     throttled_at = time.time()
-    await schedule.slow_down(NUMBER)
+    await schedule.slow_down(NUMBER, reserved_at=None)
     slots = []
     for _ in range(10):
         slot = await schedule.wait_for_slot(NUMBER)
@@ -90,11 +90,11 @@ class ThrottledWhileReserving(SendSchedule):
 
     throttled_at: float | None = None
 
-    async def _reserve(self, phone_number_id: str, count: int) -> list[float]:
+    async def _reserve(self, phone_number_id: str, count: int) -> Reservation:
         reserved = await super()._reserve(phone_number_id, count)
         if self.throttled_at is None:
             self.throttled_at = time.time()
-            await self.slow_down(phone_number_id)
+            await self.slow_down(phone_number_id, reserved_at=None)
         return reserved
 
 
@@ -111,11 +111,17 @@ async def test_a_burst_of_throttling_errors_slows_the_schedule_once(
     pools: tuple[asyncpg.Pool, asyncpg.Pool],
 ) -> None:
     # Meta objects, and the sends already on their way all come back with 130429, on two
-    # replicas: one slowdown (twice the spacing, one second's pause), not one per error.
+    # replicas: one slowdown (twice the spacing, one second's pause), not one per error. The
+    # second replica's slots were reserved before the slowdown but fall due after it, as a
+    # campaign's run ahead: still the same burst.
     replicas = [SendSchedule(pool, rate=100) for pool in pools]
-    slots = [await replicas[i % 2].wait_for_slot(NUMBER) for i in range(8)]
+    first = [await replicas[0].wait_for_slot(NUMBER) for _ in range(4)]
+    ahead = await replicas[1].reserve(NUMBER, 4)
+    await replicas[0].slow_down(NUMBER, reserved_at=first[0].reserved_at)
+    assert min(ahead.times) < time.time() + 0.1  # due soon, when the penalty holds sends
     await asyncio.gather(
-        *(replicas[i % 2].slow_down(NUMBER, sent_at=slot.at) for i, slot in enumerate(slots))
+        *(replicas[0].slow_down(NUMBER, reserved_at=slot.reserved_at) for slot in first[1:]),
+        *(replicas[1].slow_down(NUMBER, reserved_at=ahead.reserved_at) for _ in ahead.times),
     )
 
     async def state() -> tuple[float, float]:
@@ -130,7 +136,7 @@ async def test_a_burst_of_throttling_errors_slows_the_schedule_once(
     slowdown, pause = await state()
     assert slowdown == 2.0
     assert PENALTY_SECONDS * 0.8 <= pause <= PENALTY_SECONDS * 1.1
-    # A send in the slower schedule that Meta still refuses slows it again.
-    later = await replicas[0].wait_for_slot(NUMBER)
-    await replicas[0].slow_down(NUMBER, sent_at=later.at)
+    # A send reserved in the slower schedule that Meta still refuses slows it again.
+    later = await replicas[1].wait_for_slot(NUMBER)
+    await replicas[1].slow_down(NUMBER, reserved_at=later.reserved_at)
     assert (await state())[0] == 4.0

@@ -52,7 +52,7 @@ from civicline.responder.campaigns import (
     template_message,
 )
 from civicline.responder.graph import GraphError
-from civicline.responder.throttle import BroadcastSender
+from civicline.responder.throttle import BroadcastSender, Slot
 
 log = structlog.get_logger(__name__)
 
@@ -227,7 +227,7 @@ def broadcast_handler(
             # in a moment; our own claims from the first look come back as ours.
             await asyncio.sleep(pause)
             claims = await store.claim(pool, campaign.id, requests, tier=tier)
-        unused = (0.0, -1)  # not sent: no slot taken
+        unused = Slot(0.0, -1, 0.0)  # not sent: no slot taken
         slots = [
             await sender.next_slot(pnid) if claims[wa_id].kind == "claimed" else unused
             for wa_id, _ in wave
@@ -251,7 +251,7 @@ def broadcast_handler(
         wa_id: str,
         language: str,
         claim: store.Claim,
-        slot: tuple[float, int],
+        slot: Slot,
         claimer: str,
     ) -> str:
         if claim.kind != "claimed":

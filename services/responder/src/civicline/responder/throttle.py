@@ -58,9 +58,20 @@ def slot_times(start: datetime, spacing: float, count: int) -> list[float]:
 
 
 @dataclass(frozen=True, slots=True)
+class Reservation:
+    """Slots taken from the schedule in one round trip, and when (Postgres's clock)."""
+
+    times: list[float]
+    reserved_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Slot:
     at: float  # Unix time the send is due
     epoch: int  # the schedule's throttling epoch it was given in
+    # When it was taken from the schedule (Postgres's clock, as the slowdowns' times): a send
+    # Meta refuses for going too fast slows the schedule only if no slowdown came since.
+    reserved_at: float
 
 
 class SendSchedule:
@@ -70,7 +81,8 @@ class SendSchedule:
         self._pool = pool
         self._interval = 1.0 / (rate * HEADROOM)
         self._reservation = max(RESERVATION, int(rate * HEADROOM * 0.05))
-        self._slots: dict[str, collections.deque[float]] = collections.defaultdict(
+        # (due, reserved at) of the slots this replica holds, per number.
+        self._slots: dict[str, collections.deque[tuple[float, float]]] = collections.defaultdict(
             collections.deque
         )
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
@@ -97,7 +109,7 @@ class SendSchedule:
         async with self._locks[phone_number_id]:
             slots = self._slots[phone_number_id]
             # A slot left unused is lost capacity, never a reason to burst.
-            while slots and slots[0] < time.time() - MAX_LATENESS:
+            while slots and slots[0][0] < time.time() - MAX_LATENESS:
                 slots.popleft()
             while not slots:
                 epoch = self._epochs[phone_number_id]
@@ -105,8 +117,9 @@ class SendSchedule:
                 # Meta throttled us while they were reserved: they may be from before the
                 # penalty, and would go out in it under the new epoch. Reserve again.
                 if epoch == self._epochs[phone_number_id]:
-                    slots.extend(reserved)
-            slot = Slot(slots.popleft(), self._epochs[phone_number_id])
+                    slots.extend((at, reserved.reserved_at) for at in reserved.times)
+            at, reserved_at = slots.popleft()
+            slot = Slot(at, self._epochs[phone_number_id], reserved_at)
             if (delay := slot.at - HANDOVER - time.time()) > 0:
                 await asyncio.sleep(delay)
         if (delay := slot.at - early - time.time()) > 0:
@@ -129,12 +142,12 @@ class SendSchedule:
             return False
         return True
 
-    async def reserve(self, phone_number_id: str, count: int) -> list[float]:
-        """Unix times of the next `count` slots of the number, taken from the shared schedule
-        (for a caller that spaces its own sends, like campaigns)."""
+    async def reserve(self, phone_number_id: str, count: int) -> Reservation:
+        """The next `count` slots of the number, taken from the shared schedule (for a caller
+        that spaces its own sends, like campaigns)."""
         return await self._reserve(phone_number_id, count)
 
-    async def _reserve(self, phone_number_id: str, count: int) -> list[float]:
+    async def _reserve(self, phone_number_id: str, count: int) -> Reservation:
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute(
                 "INSERT INTO send_rate (phone_number_id) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -152,23 +165,27 @@ class SendSchedule:
                        next_slot = current.start
                                    + make_interval(secs => $2 * $3 * current.factor)
                    FROM current WHERE send_rate.phone_number_id = $1
-                   RETURNING current.start AS start, $3 * current.factor AS spacing""",
+                   RETURNING current.start AS start, $3 * current.factor AS spacing,
+                             clock_timestamp() AS reserved_at""",
                 phone_number_id,
                 float(count),
                 self._interval,
                 RECOVERY_HALF_LIFE_SECONDS,
             )
         assert row is not None
-        return slot_times(row["start"], row["spacing"], count)
+        return Reservation(
+            slot_times(row["start"], row["spacing"], count), row["reserved_at"].timestamp()
+        )
 
-    async def slow_down(self, phone_number_id: str, *, sent_at: float | None = None) -> None:
+    async def slow_down(self, phone_number_id: str, *, reserved_at: float | None) -> None:
         """Meta said we send too fast: space slots further apart and pause a moment.
 
         Once per burst: the sends already on their way when Meta first objected come back
         with the same error, and each adding its own second and doubling would turn one
-        burst into the full MAX_SLOWDOWN. So a send due at `sent_at` (its slot), before the
-        latest slowdown of the number (by any replica), slows nothing more; one sent after it
-        (Meta still objects to the slower pace) does.
+        burst into the full MAX_SLOWDOWN. So a send whose slot was reserved (`reserved_at`,
+        Postgres's clock) before the latest slowdown of the number, by any replica, slows
+        nothing more, however late it went; one reserved after it (Meta still objects to the
+        slower pace) does. None: an error not tied to a slot, which always slows.
         """
         THROTTLED.inc()
         self._void(phone_number_id)
@@ -179,12 +196,12 @@ class SendSchedule:
                    next_slot = greatest(next_slot, clock_timestamp())
                                + make_interval(secs => $3)
                WHERE phone_number_id = $1
-                 AND (slowed_at IS NULL OR slowed_at <= to_timestamp($4))
+                 AND ($4::float8 IS NULL OR slowed_at IS NULL OR slowed_at <= to_timestamp($4))
                RETURNING true""",
             phone_number_id,
             MAX_SLOWDOWN,
             PENALTY_SECONDS,
-            time.time() if sent_at is None else sent_at,
+            reserved_at,
         )
         # Slots reserved while the UPDATE was on its way may predate it: void them as well.
         self._void(phone_number_id)
@@ -226,7 +243,7 @@ class RateLimitedSender:
             return await self._graph.send(phone_number_id, message)
         except GraphError as exc:
             if exc.throttle:
-                await self._schedule.slow_down(phone_number_id, sent_at=slot.at)
+                await self._schedule.slow_down(phone_number_id, reserved_at=slot.reserved_at)
             raise
 
     async def send(self, phone_number_id: str, message: Mapping[str, Any]) -> SendResult:
@@ -260,7 +277,8 @@ class BroadcastSender:
         self._shared = shared
         self._gate = SendSchedule(pool, rate=broadcast_rate)
         self._batch = max(RESERVATION, int(broadcast_rate * self.BATCH_SECONDS))
-        self._slots: dict[str, collections.deque[float]] = collections.defaultdict(
+        # (due, reserved at) of the slots this replica holds, per number.
+        self._slots: dict[str, collections.deque[tuple[float, float]]] = collections.defaultdict(
             collections.deque
         )
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
@@ -270,36 +288,40 @@ class BroadcastSender:
     def _gate_key(phone_number_id: str) -> str:
         return f"{phone_number_id}:broadcast"
 
-    async def next_slot(self, phone_number_id: str) -> tuple[float, int]:
-        """(send time, epoch) of the next broadcast slot; wait with `wait_until`."""
+    async def next_slot(self, phone_number_id: str) -> Slot:
+        """The next broadcast slot; wait for it with `wait_until`."""
         async with self._locks[phone_number_id]:
             slots = self._slots[phone_number_id]
             while True:
                 now = time.time()
-                while slots and slots[0] < now - self.LATE_SLOT_SECONDS:
+                while slots and slots[0][0] < now - self.LATE_SLOT_SECONDS:
                     slots.popleft()
                 if slots:
-                    return slots.popleft(), self._epochs[phone_number_id]
+                    at, reserved_at = slots.popleft()
+                    return Slot(at, self._epochs[phone_number_id], reserved_at)
                 epoch = self._epochs[phone_number_id]
                 gate = await self._gate.reserve(self._gate_key(phone_number_id), self._batch)
                 shared = await self._shared.reserve(phone_number_id, self._batch)
                 if epoch == self._epochs[phone_number_id]:
-                    slots.extend(max(pair) for pair in zip(gate, shared, strict=True))
+                    reserved_at = min(gate.reserved_at, shared.reserved_at)
+                    slots.extend(
+                        (max(pair), reserved_at)
+                        for pair in zip(gate.times, shared.times, strict=True)
+                    )
 
-    async def wait_until(self, phone_number_id: str, slot: tuple[float, int]) -> bool:
+    async def wait_until(self, phone_number_id: str, slot: Slot) -> bool:
         """Sleep until the slot's time; False if the slot is void — Meta throttled us
         meanwhile, or its time passed too long ago (a send that late could crowd the next
         second past the limit): take another."""
-        send_at, epoch = slot
-        delay = send_at - time.time()
+        delay = slot.at - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
         elif delay < -self.LATE_SLOT_SECONDS:
             return False
-        return self._epochs[phone_number_id] == epoch
+        return self._epochs[phone_number_id] == slot.epoch
 
     async def send_now(
-        self, phone_number_id: str, message: Mapping[str, Any], slot: tuple[float, int]
+        self, phone_number_id: str, message: Mapping[str, Any], slot: Slot
     ) -> SendResult:
         """Send in `slot` (`next_slot`'s, waited for); a throughput error slows the
         schedules."""
@@ -307,10 +329,11 @@ class BroadcastSender:
             return await self._graph.send(phone_number_id, message)
         except GraphError as exc:
             if exc.throttle:
-                sent_at = slot[0]
                 self._void(phone_number_id)
-                await self._shared.slow_down(phone_number_id, sent_at=sent_at)
-                await self._gate.slow_down(self._gate_key(phone_number_id), sent_at=sent_at)
+                await self._shared.slow_down(phone_number_id, reserved_at=slot.reserved_at)
+                await self._gate.slow_down(
+                    self._gate_key(phone_number_id), reserved_at=slot.reserved_at
+                )
                 self._void(phone_number_id)  # reserved while the slowdowns were on their way
             raise
 
