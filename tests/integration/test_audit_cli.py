@@ -11,7 +11,7 @@ import pytest
 
 from civicline.audit.adapters import append_batch
 from civicline.audit.checkpoint import Signer, open_checkpoint
-from support.audit_logs import fresh_database, run_audit_cli, sample_records
+from support.audit_logs import database_url_as, fresh_database, run_audit_cli, sample_records
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +95,20 @@ async def test_verify_with_a_malformed_key_is_a_usage_error() -> None:
     code, output = await run_audit_cli("verify", "--public-key", "not-a-key", env={})
     assert code == 2
     assert "--public-key" in output
+
+
+async def test_a_token_is_issued_with_the_owners_url_not_a_services(database_url: str) -> None:
+    as_service = database_url_as(database_url, "civicline_writer")
+    code, output = await run_audit_cli(
+        "token", "create", "--name", "court-auditor", "--role", "auditor",
+        "--database-url", as_service, env={},
+    )  # fmt: skip
+    assert code == 2
+    assert "owner's database URL" in output
+    assert "cvl_" not in output  # no token was printed, none exists
+    code, output = await run_audit_cli(
+        "token", "create", "--name", "court-auditor", "--role", "auditor",
+        "--database-url", database_url, env={},
+    )  # fmt: skip
+    assert code == 0
+    assert "cvl_" in output

@@ -93,14 +93,14 @@ async def test_a_revoked_api_token_stays_revoked_whoever_asks(
 ) -> None:
     # The writer (every service's role) may revoke a token; a stolen service credential must
     # not bring a revoked auditor's token back. Nor may the owner: revoking is for good.
-    await writer_pool.execute(
-        """INSERT INTO audit_api_token (token_id, name, role, token_hash)
-           VALUES (gen_random_uuid(), 'revoked-auditor', 'auditor', sha256('t'::bytea))"""
-    )
-    revoke = "UPDATE audit_api_token SET revoked_at = now() WHERE name = 'revoked-auditor'"
-    await writer_pool.execute(revoke)
     owner = await asyncpg.connect(database_url)
     try:
+        await owner.execute(
+            """INSERT INTO audit_api_token (token_id, name, role, token_hash)
+               VALUES (gen_random_uuid(), 'revoked-auditor', 'auditor', sha256('t'::bytea))"""
+        )
+        revoke = "UPDATE audit_api_token SET revoked_at = now() WHERE name = 'revoked-auditor'"
+        await writer_pool.execute(revoke)
         for connection in (writer_pool, owner):
             for statement in (
                 "UPDATE audit_api_token SET revoked_at = NULL WHERE name = 'revoked-auditor'",
@@ -114,6 +114,27 @@ async def test_a_revoked_api_token_stays_revoked_whoever_asks(
         )
     finally:
         await owner.close()
+
+
+async def test_only_the_owner_issues_api_tokens(
+    writer_pool: asyncpg.Pool, database_url: str
+) -> None:
+    # A stolen service credential must not mint itself an auditor's token.
+    mint = """INSERT INTO audit_api_token (token_id, name, role, token_hash)
+              VALUES (gen_random_uuid(), $1::text, 'auditor', sha256(convert_to($1, 'UTF8')))"""
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await writer_pool.execute(mint, "minted-by-a-service")
+    owner = await asyncpg.connect(database_url)
+    try:
+        await owner.execute(mint, "issued-by-the-owner")
+        names = await owner.fetch("SELECT name FROM audit_api_token WHERE name LIKE '%-by-%'")
+    finally:
+        await owner.close()
+    assert [row["name"] for row in names] == ["issued-by-the-owner"]
+    # The services still read tokens: they check every bearer token against them.
+    assert await writer_pool.fetchval(
+        "SELECT count(*) FROM audit_api_token WHERE name = 'issued-by-the-owner'"
+    )
 
 
 async def test_the_writer_keeps_router_and_responder_state(writer_pool: asyncpg.Pool) -> None:

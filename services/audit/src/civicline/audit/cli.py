@@ -225,6 +225,11 @@ async def _token(args: argparse.Namespace) -> int:
                 )
             except asyncpg.UniqueViolationError:
                 raise UsageError(f"a token named {args.name!r} exists already") from None
+            except asyncpg.InsufficientPrivilegeError:
+                raise UsageError(
+                    "issuing a token is the owner's act: run this with the owner's database URL"
+                    " (--database-url), not a service's"
+                ) from None
             print(f"token {args.name!r} ({args.role}); shown once, only its hash is kept:")
             print(token)
         elif args.action == "list":
