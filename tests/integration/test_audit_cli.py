@@ -3,7 +3,7 @@ them: processes, exit statuses, files."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import asyncpg
@@ -98,17 +98,16 @@ async def test_verify_with_a_malformed_key_is_a_usage_error() -> None:
 
 
 async def test_a_token_is_issued_with_the_owners_url_not_a_services(database_url: str) -> None:
-    as_service = database_url_as(database_url, "civicline_writer")
-    code, output = await run_audit_cli(
-        "token", "create", "--name", "court-auditor", "--role", "auditor",
-        "--database-url", as_service, env={},
-    )  # fmt: skip
+    def issue(url: str) -> Awaitable[tuple[int, str]]:
+        return run_audit_cli(
+            "token", "create", "--name", "court-auditor", "--role", "auditor",
+            "--database-url", url, env={},
+        )  # fmt: skip
+
+    code, output = await issue(database_url_as(database_url, "civicline_writer"))
     assert code == 2
     assert "owner's database URL" in output
     assert "cvl_" not in output  # no token was printed, none exists
-    code, output = await run_audit_cli(
-        "token", "create", "--name", "court-auditor", "--role", "auditor",
-        "--database-url", database_url, env={},
-    )  # fmt: skip
+    code, output = await issue(database_url)
     assert code == 0
     assert "cvl_" in output
