@@ -790,6 +790,7 @@ def test_dockerfile_is_multi_stage_non_root_and_fetches_nothing_by_url() -> None
         "civicline-campaign",
         "civicline-audit",
         "civicline-migrate",
+        "civicline-dlq",
         "civicline-simulator",
     }
 
@@ -831,8 +832,8 @@ def test_compose_runs_everything_healthy_and_in_order() -> None:
         assert "migrate" in service["depends_on"]
         assert "/readyz" in " ".join(service["healthcheck"]["test"])
     used = {" ".join(s.get("command", [])).split(" ")[0] for s in services.values()}
-    # The operator's campaign CLI is run by hand against the responder, not as a service.
-    assert console_scripts() - {"civicline-campaign"} <= used
+    # The operators' CLIs (campaigns, dead letters) are run by hand, not as services.
+    assert console_scripts() - {"civicline-campaign", "civicline-dlq"} <= used
 
 
 def test_compose_secrets_come_from_files_and_variables_are_settings() -> None:
