@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -249,16 +250,25 @@ def test_a_range_whose_leaves_and_hashes_were_rewritten_fails_at_the_root() -> N
 
 
 def retention_at(
-    seq: int, first: int, end: int, *, month: tuple[int, int] | None = None
+    seq: int,
+    first: int,
+    end: int,
+    *,
+    month: tuple[int | None, int | None] | None = None,
+    before: Sequence[tuple[int, int]] = (),
 ) -> StoredEntry:
-    """The audit.retention event that retires [first, end), logged at `seq`; `month`: the
-    seconds after START its month ran from and until (entry(n) is recorded at n s)."""
+    """The audit.retention event that retires [first, end), logged at `seq`, after the ranges
+    `before`; `month`: the seconds after START its month ran from and until (entry(n) is
+    recorded at n s; None: unbounded), by default exactly [first, end)'s (from the log's start
+    for 0)."""
     payload: dict[str, Any] = {"partition": "audit_log_2026_05", "first_seq": first}
     payload["end_seq"] = end
-    payload["retired"] = [[first, end]]
-    if month is not None:
-        payload["recorded_from"] = (START + timedelta(seconds=month[0])).isoformat()
-        payload["recorded_until"] = (START + timedelta(seconds=month[1])).isoformat()
+    payload["retired"] = [*map(list, before), [first, end]]
+    low, high = month or (first or None, end)
+    if low is not None:
+        payload["recorded_from"] = (START + timedelta(seconds=low)).isoformat()
+    if high is not None:
+        payload["recorded_until"] = (START + timedelta(seconds=high)).isoformat()
     e = dataclasses.replace(
         entry(seq), kind="audit.retention", payload_json=orjson.dumps(payload).decode()
     )
@@ -266,7 +276,7 @@ def retention_at(
 
 
 def retired_log(
-    first: int, end: int, *, named: bool = True, month: tuple[int, int] | None = None
+    first: int, end: int, *, named: bool = True, month: tuple[int | None, int | None] | None = None
 ) -> tuple[list[Any], list[StoredHead]]:
     """A log of 40 whose rows [first, end) are retired (leaves only) and whose last event,
     seq 39, names that range (or another one, if not `named`)."""
@@ -346,3 +356,42 @@ def test_a_retention_event_naming_later_events_is_an_insertion() -> None:
 def test_overlapping_retired_ranges_are_a_removal() -> None:
     items, heads = retired_log(0, 20)
     assert (Problem.REMOVED, 10) in problems(verify_retired(items, heads, [(0, 20), (10, 20)]))
+
+
+@pytest.mark.parametrize(
+    "month",
+    [
+        (5, None),  # no end: nothing to check the event kept after it against
+        (None, 10),  # "from the log's start", for a range that begins at seq 5
+    ],
+)
+def test_a_retention_event_without_its_months_bounds_names_nothing(
+    month: tuple[int | None, int | None],
+) -> None:
+    # Only the owner can append one (the bus refuses audit.* kinds), but a log must not take
+    # a month's word for it: without bounds, any one event could be called a retired month.
+    items, heads = retired_log(5, 10, month=month)
+    assert problems(verify_retired(items, heads, [(5, 10)])) == [
+        (Problem.REMOVED, 5),
+        (Problem.CHANGED, 39),
+    ]
+
+
+def retire(full: list[StoredEntry], *ranges: tuple[int, int]) -> list[Any]:
+    """`full` with the rows in `ranges` retired: their leaves only."""
+    return [
+        RetiredLeaf(s.entry.seq, s.leaf_hash or b"")
+        if any(first <= s.entry.seq < end for first, end in ranges)
+        else s
+        for s in full
+    ]
+
+
+def test_months_retired_one_after_another_verify() -> None:
+    first = retention_at(30, 0, 5)
+    second = retention_at(39, 10, 20, before=[(0, 5)])
+    full = [*GENUINE[:30], first, *GENUINE[31:39], second]
+    heads = [head(full, size) for size in HEAD_SIZES]
+    items = retire(full, (0, 5), (10, 20))
+    report = verify_retired(items, heads, [(0, 5), (10, 20)])
+    assert report.ok, report.lines()

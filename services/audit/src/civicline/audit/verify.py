@@ -243,6 +243,19 @@ class LogVerifier:
                 f"(seqs {later[0][0]} to {later[0][1] - 1})",
             )
             return
+        # A month's bounds are what keep one event from being cut out and passed off as a
+        # retired month (`_check_retired_ranges`): `retire` always writes them, and only the
+        # legacy partition, the log's start, has no lower one.
+        if said.recorded_until is None or (said.recorded_from is None and said.first_seq != 0):
+            self._add(
+                seq,
+                Problem.CHANGED,
+                f"the audit.retention event at seq {seq} does not say which month it retired",
+            )
+            return
+        # The ranges retired before, which it lists too, are taken by name: the events that
+        # retired them may be gone with a month retired since (one retired in March lives in
+        # March), so their bounds cannot always be read.
         self._named.update(said.retired)
         self._months[said.first_seq, said.end_seq] = said
 
