@@ -13,7 +13,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from civicline.common.dlq import replayed_headers
+from civicline.common.amqp import own_headers
 from civicline.common.topology import EXCHANGE, ROUTER_INBOUND
 from support.amqp_probe import consume_one, probe_channel
 from support.isolation import Environment, EnvironmentFactory
@@ -95,7 +95,7 @@ async def test_dead_letters_are_listed_and_replayed_into_their_queue(
     assert f"{ROUTER_INBOUND.dead_letter_queue}\t0" in listing.splitlines()
 
 
-def test_a_replayed_message_keeps_our_headers_and_drops_the_brokers() -> None:
+def test_a_copy_keeps_our_headers_and_drops_the_brokers() -> None:
     headers = {
         "x-correlation-id": "wamid.1",
         "x-civicline-kind": "inbound.webhook",
@@ -104,7 +104,7 @@ def test_a_replayed_message_keeps_our_headers_and_drops_the_brokers() -> None:
         "x-last-death-reason": "rejected",
         "x-delivery-count": 5,
     }
-    assert replayed_headers(headers) == {
+    assert own_headers(headers) == {
         "x-correlation-id": "wamid.1",
         "x-civicline-kind": "inbound.webhook",
     }

@@ -57,6 +57,18 @@ ATTEMPT_HEADER = "x-civicline-attempt"
 delivery_id: ContextVar[str] = ContextVar("delivery_id", default="")
 
 
+# Headers the broker writes when it dead-letters or redelivers a message. A copy we publish
+# (a delayed retry, a parked or replayed message) is a new message and leaves them out: since
+# 3.13 x-headers from publishers are not the broker's to interpret, and a copy carrying the
+# original's x-death would mix two histories.
+_BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-", "x-last-death-")
+
+
+def own_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """`headers` without those the broker wrote: what a copy of the message carries."""
+    return {key: value for key, value in headers.items() if not key.startswith(_BROKER_HEADERS)}
+
+
 def retry_attempt(message: AbstractIncomingMessage) -> int:
     """How many delayed retries `message` has had so far."""
     value = message.headers.get(ATTEMPT_HEADER, 0)
@@ -277,7 +289,7 @@ class Publisher:
             correlation_id=message.correlation_id,
             content_type=message.content_type,
             timestamp=message.timestamp,
-            headers={**message.headers, **headers},
+            headers={**own_headers(message.headers), **headers},
             expiration=expiration,
         )
         try:

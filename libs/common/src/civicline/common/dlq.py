@@ -16,26 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from civicline.common.amqp import own_headers
 from civicline.common.settings import Settings, SettingsError, redact_url
 from civicline.common.topology import QUEUES, declare
 
-# Headers the broker writes when it dead-letters or redelivers a message: a replayed message
-# is a new one, and must not carry them (newer RabbitMQ releases refuse or ignore x-death from
-# publishers).
-_BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-", "x-last-death-")
-
 USAGE_ERROR = 2
-
-
-def replayed_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """The headers of a replayed message: the publisher's, without the broker's."""
-    return {key: value for key, value in headers.items() if not key.startswith(_BROKER_HEADERS)}
 
 
 async def depths(channel: AbstractChannel) -> dict[str, int]:
@@ -76,7 +66,7 @@ async def _put_back(channel: AbstractChannel, message: AbstractIncomingMessage, 
         correlation_id=message.correlation_id,
         content_type=message.content_type,
         timestamp=message.timestamp,
-        headers=replayed_headers(message.headers),
+        headers=own_headers(message.headers),  # a new message: not the broker's headers
     )
     # The default exchange routes to the queue alone: a replay is not audited or routed twice.
     await channel.default_exchange.publish(copy, queue, mandatory=True)
