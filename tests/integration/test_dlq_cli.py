@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from civicline.common.amqp import own_headers
 from civicline.common.topology import EXCHANGE, ROUTER_INBOUND
@@ -114,3 +114,27 @@ def test_an_unknown_queue_or_a_bad_limit_is_a_usage_error() -> None:
     for args in (["replay", "no.such.queue"], ["replay", "router.inbound", "--limit", "0"]):
         code, output = run_cli("amqp://guest@127.0.0.1:1/", *args)  # never reached
         assert code == 2, output
+
+
+async def test_a_replay_of_messages_that_are_still_poison_ends(
+    environment: Environment, channel: AbstractChannel
+) -> None:
+    # The router rejects them again at once, so they are back in the dead-letter queue before
+    # the replay has emptied it: each is replayed once, and the replay ends.
+    await dead_letter(channel, 3)
+    queue = await channel.get_queue(ROUTER_INBOUND.name, ensure=False)
+
+    async def still_poison(message: AbstractIncomingMessage) -> None:
+        await message.reject(requeue=False)
+
+    tag = await queue.consume(still_poison)
+    try:
+        code, output = await asyncio.wait_for(
+            asyncio.to_thread(dlq, environment, "replay", "router.inbound"), 30
+        )
+    finally:
+        await queue.cancel(tag)
+    assert code == 0, output
+    assert "replayed 3 " in output
+    code, listing = await asyncio.to_thread(dlq, environment, "list")
+    assert f"{ROUTER_INBOUND.dead_letter_queue}\t3" in listing.splitlines()

@@ -40,11 +40,16 @@ async def depths(channel: AbstractChannel) -> dict[str, int]:
 
 async def replay(channel: AbstractChannel, queue: str, *, limit: int | None = None) -> int:
     """Move up to `limit` messages (all, by default) from `queue`'s dead-letter queue back into
-    `queue`; returns how many. `channel` must have publisher confirms on."""
+    `queue`; returns how many. `channel` must have publisher confirms on.
+
+    Never more than were waiting when it began: a message that is still poison comes back to
+    the dead-letter queue within moments, and would otherwise be replayed for ever."""
     declared = await declare(channel)
     dead_letters = declared.queues[f"{queue}.dlq"]
+    waiting = dead_letters.declaration_result.message_count or 0
+    limit = waiting if limit is None else min(limit, waiting)
     moved = 0
-    while limit is None or moved < limit:
+    while moved < limit:
         message = await dead_letters.get(no_ack=False, fail=False)
         if message is None:
             break
