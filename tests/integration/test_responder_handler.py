@@ -16,12 +16,14 @@ import pytest
 
 from civicline.common.amqp import Broker, Publisher
 from civicline.common.envelope import Envelope, event_id, utc_now
+from civicline.common.topology import AUDIT_EVENTS
 from civicline.responder import adapters
 from civicline.responder.adapters import ReplyLedger
 from civicline.responder.catalog import load_catalog
 from civicline.responder.graph import GraphError, SenderPaused, SendResult
 from civicline.responder.handlers import responder_handler
 from civicline.responder.throttle import Slot
+from support.amqp_probe import consume_one, probe_channel
 from support.isolation import Environment, EnvironmentFactory
 
 pytestmark = pytest.mark.integration
@@ -55,6 +57,8 @@ class SlowSlots:
     claim_live_at_send: list[bool] = field(default_factory=list)
 
     paused_sender: bool = False
+    # Run while the template's slot is awaited (another delivery taking the claim over, say).
+    meanwhile: Callable[[], Awaitable[object]] | None = None
 
     def paused(self, phone_number_id: str) -> bool:
         return self.paused_sender
@@ -62,6 +66,8 @@ class SlowSlots:
     async def wait_for_slot(self, phone_number_id: str) -> Slot:
         self.slots += 1
         if self.slots == 2:
+            if self.meanwhile is not None:
+                await self.meanwhile()
             await asyncio.sleep(LEASE * 1.5)
         return Slot(at=0.0, epoch=0, reserved_at=0.0)
 
@@ -161,3 +167,30 @@ async def test_a_paused_senders_reply_waits_without_a_slot_or_a_claim(
         "SELECT count(*) FROM reply_ledger WHERE inbound_message_id = $1", wamid
     )
     assert ledger == 0
+
+
+async def test_a_claim_lost_while_the_send_waited_is_reported_in_doubt_never_sent(
+    environment: Environment, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While the template's slot is awaited, the claim stops being ours (here: another
+    # delivery's id is written on it, as when ours lapsed and a redelivery took the reply up).
+    # The renewal finds it so: the template is not sent, and the reply is reported in doubt.
+    monkeypatch.setattr(adapters, "REPLY_LEASE_SECONDS", LEASE)
+    wamid = "wamid.LOST"
+
+    async def taken_over() -> None:
+        await pool.execute(
+            "UPDATE reply_ledger SET claimed_by = 'another-delivery' WHERE inbound_message_id = $1",
+            wamid,
+        )
+
+    meta = SlowSlots(pool, wamid, meanwhile=taken_over)
+    async with probe_channel(environment.amqp_url) as channel:
+        async with handler_for(environment, meta) as handle:
+            await handle(classified(wamid))
+        outcomes = []
+        while (event := await consume_one(channel, AUDIT_EVENTS.name, timeout=2)) is not None:
+            await event.ack()
+            outcomes.append(event.headers.get("x-civicline-kind"))
+    assert [message["type"] for message in meta.sent] == ["text"]  # the template never went
+    assert outcomes == ["outbound.in_doubt"]

@@ -57,6 +57,26 @@ class LedgerEntry:
     claim_is_live: bool = False
 
 
+class ClaimLost(Exception):
+    """Our reply claim lapsed (Postgres was out of reach longer than its lease) or is another
+    delivery's now: a redelivery may have found it and reported the reply in doubt, so it must
+    not be sent from here."""
+
+
+@dataclass(slots=True)
+class ClaimHold:
+    """A claim being held live (ReplyLedger.held)."""
+
+    renewed_at: float  # the event loop's time of the claim or its last renewal
+    lost: bool = False
+
+    def check(self) -> None:
+        """Raise ClaimLost unless the claim is certainly still ours and live."""
+        age = asyncio.get_running_loop().time() - self.renewed_at
+        if self.lost or age >= REPLY_LEASE_SECONDS * 0.8:
+            raise ClaimLost("the reply's claim lapsed or is another delivery's")
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     inbound: InboundRef
@@ -154,27 +174,43 @@ class ReplyLedger:
         await release_reply(self._pool, wamid)
 
     @contextlib.asynccontextmanager
-    async def held(self, wamid: str) -> AsyncIterator[None]:
-        """While the block runs, the claim on `wamid` stays live: it is renewed every third of
+    async def held(self, wamid: str) -> AsyncIterator[ClaimHold]:
+        """While the block runs, our claim on `wamid` stays live: it is renewed every third of
         REPLY_LEASE_SECONDS. A redelivery meanwhile (our channel died, not our process) waits
         for this holder's outcome, however long its send waits for a slot; if the process
-        dies, the renewals stop with it and the claim lapses as before."""
+        dies, the renewals stop with it and the claim lapses as before.
+
+        Only a claim still ours and still live is renewed: one that lapsed while Postgres was
+        out of reach may have been found by a redelivery and reported in doubt, and must not
+        be brought back. The block asks `hold.check()` before it calls Meta."""
+        hold = ClaimHold(asyncio.get_running_loop().time())
+        delivery = delivery_id.get() or None
 
         async def renew() -> None:
             while True:
                 await asyncio.sleep(REPLY_LEASE_SECONDS / 3)
                 try:
-                    await self._pool.execute(
-                        "UPDATE reply_ledger SET updated_at = now()"
-                        " WHERE inbound_message_id = $1 AND state = 'sending'",
+                    renewed = await self._pool.fetchval(
+                        """UPDATE reply_ledger SET updated_at = now()
+                           WHERE inbound_message_id = $1 AND state = 'sending'
+                             AND claimed_by IS NOT DISTINCT FROM $2
+                             AND updated_at > now() - make_interval(secs => $3)
+                           RETURNING true""",
                         wamid,
+                        delivery,
+                        float(REPLY_LEASE_SECONDS),
                     )
                 except Exception as exc:  # an outage: the claim may lapse, nothing else
                     log.warning("reply_claim_not_renewed", error=f"{type(exc).__name__}: {exc}")
+                    continue
+                if not renewed:
+                    hold.lost = True
+                    return
+                hold.renewed_at = asyncio.get_running_loop().time()
 
         renewing = asyncio.create_task(renew(), name=f"renew-claim-{wamid}")
         try:
-            yield
+            yield hold
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -95,12 +95,18 @@ def responder_handler(
             return
         assert slot is not None  # taken above for every Send
         try:
-            async with ledger.held(inbound.wamid):
-                decision, result = await send_reply(inbound, decision, slot)
+            async with ledger.held(inbound.wamid) as hold:
+                decision, result = await send_reply(inbound, decision, slot, hold)
         except _Refused as refused:
             await _not_sent(
                 ledger, publisher, message, inbound, refused.send, refused.error, max_retries
             )
+            return
+        except adapters.ClaimLost:
+            # Our claim lapsed while the send waited (Postgres out of reach past its lease):
+            # a redelivery may have found it and reported the reply in doubt. Say the same,
+            # and never send it from here.
+            await _report_in_doubt(publisher, inbound, "reply_claim_lost")
             return
         # Meta has the message: from here on only an outage may delay the record, never
         # make us forget that it was sent (a redelivery would then call it in doubt).
@@ -121,8 +127,10 @@ def responder_handler(
         if decision.away is not None:  # outside office hours: once per conversation
             await adapters.send_away_notice(pool, publisher, graph, inbound, decision.away)
 
-    async def send_reply(inbound: InboundRef, send: Send, slot: Slot) -> tuple[Send, SendResult]:
-        """Send `send` in `slot`: what went, and Meta's answer."""
+    async def send_reply(
+        inbound: InboundRef, send: Send, slot: Slot, hold: adapters.ClaimHold
+    ) -> tuple[Send, SendResult]:
+        """Send `send` in `slot`, under the claim `hold` keeps: what went, and Meta's answer."""
         number = inbound.phone_number_id
         try:
             return send, await graph.send_now(number, send.message, slot)
@@ -139,6 +147,7 @@ def responder_handler(
         # the wait could outlast its lease, and a redelivery would then report the reply in
         # doubt though it had not gone.
         slot = await graph.wait_for_slot(number)
+        hold.check()
         try:
             return fallback, await graph.send_now(number, fallback.message, slot)
         except GraphError as exc:
@@ -167,15 +176,8 @@ async def _not_sent(
 ) -> None:
     if exc.ambiguous:
         # Timed out or cut after the request left: Meta may have accepted it. The ledger
-        # keeps 'sending'; report the doubt rather than risk a second reply. The report
-        # outlasts an outage here, in place: raised to the consumer, the handler would run
-        # again for this delivery, take the 'sending' claim for its own, and send again.
-        report = in_doubt_event(inbound, utc_now())
-        await outlast_outage(
-            lambda: publisher.publish_envelope(report), what="report of a reply in doubt"
-        )
-        REPLIES.labels("in_doubt").inc()
-        log.warning("reply_in_doubt", error=str(exc))
+        # keeps 'sending'; report the doubt rather than risk a second reply.
+        await _report_in_doubt(publisher, inbound, "reply_in_doubt", error=str(exc))
         return
     if exc.pauses:
         # Meta took nothing, and will take nothing from this sender until people fix its
@@ -199,6 +201,20 @@ async def _not_sent(
     await publisher.publish_envelope(failed_event(inbound, send, exc.as_payload(), utc_now()))
     REPLIES.labels("failed").inc()
     log.warning("reply_failed", error=str(exc), attempts=attempt)
+
+
+async def _report_in_doubt(
+    publisher: Publisher, inbound: InboundRef, why: str, **context: object
+) -> None:
+    """Publish `outbound.in_doubt` for the reply. The report outlasts an outage here, in place:
+    raised to the consumer, the handler would run again for this delivery, take the 'sending'
+    claim for its own, and send."""
+    report = in_doubt_event(inbound, utc_now())
+    await outlast_outage(
+        lambda: publisher.publish_envelope(report), what="report of a reply in doubt"
+    )
+    REPLIES.labels("in_doubt").inc()
+    log.warning(why, **context)
 
 
 async def _replay(
