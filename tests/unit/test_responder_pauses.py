@@ -148,3 +148,37 @@ async def test_a_send_started_before_the_pause_does_not_end_it() -> None:
     meta.pending[0].set_result("wamid.before")
     assert await earlier == "wamid.before"
     assert pauses.is_paused(NUMBER)
+
+
+def test_a_due_probe_goes_to_one_waiting_reply_and_lapses_if_it_never_sends() -> None:
+    clock = Clock()
+    pauses = SenderPauses(probe_every=2.0, clock=clock)
+    pauses.refused(NUMBER, EXPIRED, started=clock.now)
+    assert pauses.held(NUMBER)
+    clock.now += 2.0
+    # Many held replies ask at once when the probe is due: one is let through to send.
+    assert [pauses.held(NUMBER) for _ in range(5)] == [False, True, True, True, True]
+    pauses.check(NUMBER)  # that reply's send goes to Meta
+    with pytest.raises(GraphError):
+        pauses.check(NUMBER)  # and no other
+    clock.now += 2.0
+    assert not pauses.held(NUMBER)  # given to a reply that then never sends (suppressed) ...
+    clock.now += 2.0
+    assert not pauses.held(NUMBER)  # ... it lapses, and the next reply gets one
+
+
+async def test_a_refusal_of_a_send_started_before_the_pause_ended_does_not_pause_again() -> None:
+    clock = Clock()
+    meta = Answers()
+    pauses = SenderPauses(probe_every=2.0, clock=clock)
+    pauses.refused(NUMBER, EXPIRED, started=clock.now)
+    clock.now += 2.0
+    probe = asyncio.create_task(attempt(PausingGraph(meta, pauses)))
+    await asyncio.sleep(0)
+    assert pauses.is_paused(NUMBER)
+    meta.pending[0].set_result("wamid.probe")
+    assert await probe == "wamid.probe"  # the token works again
+    assert not pauses.is_paused(NUMBER)
+    # A send made with the old token before the fix, answered only now, changes nothing.
+    pauses.refused(NUMBER, EXPIRED, started=clock.now - 1.0)
+    assert not pauses.is_paused(NUMBER)

@@ -41,6 +41,9 @@ class _Pause:
     error: GraphError  # Meta's refusal that paused the number
     since: float
     next_probe: float
+    # The due probe was given to a caller of `held` (until then), whose send's `check` lets
+    # it through; one that never sends (its reply was suppressed, say) lets it lapse.
+    probe_given_until: float = 0.0
 
 
 class SenderPauses:
@@ -52,14 +55,22 @@ class SenderPauses:
         self._probe_every = probe_every
         self._clock = clock
         self._pauses: dict[str, _Pause] = {}
+        self._resumed: dict[str, float] = {}  # when each number's last pause ended
 
     def now(self) -> float:
         return self._clock()
 
     def held(self, phone_number_id: str) -> bool:
-        """The number is paused and its next probe is not due: a send now would be refused."""
+        """The number is paused and a send now would be refused. When the next probe is due,
+        the first caller gets it (False) and its send will go; the others are held."""
         pause = self._pauses.get(phone_number_id)
-        return pause is not None and self._clock() < pause.next_probe
+        if pause is None:
+            return False
+        now = self._clock()
+        if now < pause.next_probe or now < pause.probe_given_until:
+            return True
+        pause.next_probe = pause.probe_given_until = now + self._probe_every
+        return False
 
     def check(self, phone_number_id: str) -> None:
         """Raise the number's refusal if it is paused, unless this send is the next probe
@@ -68,6 +79,9 @@ class SenderPauses:
         if pause is None:
             return
         now = self._clock()
+        if now < pause.probe_given_until:  # the send of the caller `held` gave the probe to
+            pause.probe_given_until = 0.0
+            return
         if now < pause.next_probe:
             error = pause.error
             raise GraphError(
@@ -83,6 +97,8 @@ class SenderPauses:
     def refused(self, phone_number_id: str, error: GraphError, *, started: float) -> None:
         """Meta answered with `error` a send of the number started at `started`."""
         if error.pauses:
+            if started < self._resumed.get(phone_number_id, float("-inf")):
+                return  # went out before the pause ended: it says nothing about now
             REFUSED_AT.labels(phone_number_id).set(time.time())
             pause = self._pauses.get(phone_number_id)
             if pause is None:
@@ -104,6 +120,7 @@ class SenderPauses:
         if pause is None or started < pause.since:
             return
         del self._pauses[phone_number_id]
+        self._resumed[phone_number_id] = self._clock()
         log.warning(
             "sender_resumed",
             phone_number_id=phone_number_id,

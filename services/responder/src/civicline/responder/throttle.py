@@ -72,6 +72,8 @@ class Slot:
     # When it was taken from the schedule (Postgres's clock, as the slowdowns' times): a send
     # Meta refuses for going too fast slows the schedule only if no slowdown came since.
     reserved_at: float
+    # A campaign slot's reservation from the broadcast gate, a schedule of its own.
+    gate_reserved_at: float | None = None
 
 
 class SendSchedule:
@@ -277,9 +279,9 @@ class BroadcastSender:
         self._shared = shared
         self._gate = SendSchedule(pool, rate=broadcast_rate)
         self._batch = max(RESERVATION, int(broadcast_rate * self.BATCH_SECONDS))
-        # (due, reserved at) of the slots this replica holds, per number.
-        self._slots: dict[str, collections.deque[tuple[float, float]]] = collections.defaultdict(
-            collections.deque
+        # (due, reserved at in the shared schedule, in the gate) of the slots held, per number.
+        self._slots: dict[str, collections.deque[tuple[float, float, float]]] = (
+            collections.defaultdict(collections.deque)
         )
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._epochs: dict[str, int] = collections.defaultdict(int)
@@ -297,15 +299,14 @@ class BroadcastSender:
                 while slots and slots[0][0] < now - self.LATE_SLOT_SECONDS:
                     slots.popleft()
                 if slots:
-                    at, reserved_at = slots.popleft()
-                    return Slot(at, self._epochs[phone_number_id], reserved_at)
+                    at, shared_at, gate_at = slots.popleft()
+                    return Slot(at, self._epochs[phone_number_id], shared_at, gate_at)
                 epoch = self._epochs[phone_number_id]
                 gate = await self._gate.reserve(self._gate_key(phone_number_id), self._batch)
                 shared = await self._shared.reserve(phone_number_id, self._batch)
                 if epoch == self._epochs[phone_number_id]:
-                    reserved_at = min(gate.reserved_at, shared.reserved_at)
                     slots.extend(
-                        (max(pair), reserved_at)
+                        (max(pair), shared.reserved_at, gate.reserved_at)
                         for pair in zip(gate.times, shared.times, strict=True)
                     )
 
@@ -331,8 +332,10 @@ class BroadcastSender:
             if exc.throttle:
                 self._void(phone_number_id)
                 await self._shared.slow_down(phone_number_id, reserved_at=slot.reserved_at)
+                gate_at = slot.gate_reserved_at
                 await self._gate.slow_down(
-                    self._gate_key(phone_number_id), reserved_at=slot.reserved_at
+                    self._gate_key(phone_number_id),
+                    reserved_at=slot.reserved_at if gate_at is None else gate_at,
                 )
                 self._void(phone_number_id)  # reserved while the slowdowns were on their way
             raise
