@@ -207,7 +207,12 @@ def test_tiny_logs(size: int) -> None:
 
 
 def verify_range(
-    entries: list[StoredEntry], first: int, end: int, *, right: list[bytes] | None = None
+    entries: list[StoredEntry],
+    first: int,
+    end: int,
+    *,
+    right: list[bytes] | None = None,
+    heads: list[StoredHead] | None = None,
 ) -> Report:
     leaves = [s.leaf_hash or b"" for s in GENUINE]
     perfect = merkle.perfect_from_leaves(leaves)
@@ -216,7 +221,7 @@ def verify_range(
         tuple(perfect(*piece) for piece in merkle.perfect_ranges(0, first)),
         tuple(right or [perfect(*piece) for piece in merkle.perfect_ranges(end, SIZE)]),
     )
-    checker = RangeVerifier(SIGNER.verifier, [HEADS[-1]], first, end, proof)
+    checker = RangeVerifier(SIGNER.verifier, heads or [HEADS[-1]], first, end, proof)
     for stored in entries:
         checker.add(stored)
     return checker.finish()
@@ -227,6 +232,17 @@ def test_a_range_verifies_against_a_signed_head_without_the_rest_of_the_log() ->
     assert report.ok, report.lines()
     assert report.verified_size == SIZE
     assert report.lines()[-1].startswith("OK: events 13 to 28 (16 events) are proven")
+
+
+def test_only_a_head_of_the_proofs_tree_size_proves_a_range() -> None:
+    # A head of another size beside it is no evidence either way, not a mismatch.
+    report = verify_range(GENUINE[13:29], 13, 29, heads=[HEADS[0], HEADS[-1]])
+    assert report.ok, report.lines()
+    assert report.verified_size == SIZE
+    # Without one, the range is not proven, and the report does not call it tampered.
+    alone = verify_range(GENUINE[13:29], 13, 29, heads=[HEADS[0]])
+    assert problems(alone) == [(Problem.UNSIGNED, 0)]
+    assert alone.verified_size == 0
 
 
 def test_a_changed_or_missing_event_in_a_range_is_named() -> None:

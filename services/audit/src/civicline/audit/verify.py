@@ -595,7 +595,12 @@ class RangeVerifier:
             except CheckpointError as exc:
                 self._add(head.tree_size, Problem.BAD_SIGNATURE, f"tree head: {exc}")
                 continue
-            roots.append((f"signed tree head of size {checkpoint.tree_size}", checkpoint.root_hash))
+            # Only a head of the proof's tree covers the range; one of another size is not
+            # evidence either way (the export's header names the one it was made against).
+            if self.proof is not None and checkpoint.tree_size == self.proof.tree_size:
+                roots.append(
+                    (f"signed tree head of size {checkpoint.tree_size}", checkpoint.root_hash)
+                )
         for number, note in enumerate(self.saved_checkpoints, 1):
             try:
                 checkpoint = open_checkpoint(note, self.verifier)
@@ -605,7 +610,11 @@ class RangeVerifier:
             if self.proof is not None and checkpoint.tree_size == self.proof.tree_size:
                 roots.append((f"saved checkpoint #{number}", checkpoint.root_hash))
         if self.proof is None or not roots:
-            self._add(0, Problem.UNSIGNED, "no signed tree head and range proof cover this range")
+            self._add(
+                0,
+                Problem.UNSIGNED,
+                "no signed tree head of the range proof's tree size covers this range",
+            )
         elif not self._broken and self._tree is not None:
             tree = self._tree
             try:
