@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -67,6 +68,26 @@ _BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-", "x-last-deat
 def own_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     """`headers` without those the broker wrote: what a copy of the message carries."""
     return {key: value for key, value in headers.items() if not key.startswith(_BROKER_HEADERS)}
+
+
+def copy_of(
+    message: AbstractIncomingMessage,
+    headers: Mapping[str, Any] | None = None,
+    *,
+    expiration: float | None = None,
+) -> aio_pika.Message:
+    """A persistent copy of `message` to publish again (a delayed retry, a parked or replayed
+    message): its body, ids and our headers, with `headers` added; never the broker's."""
+    return aio_pika.Message(
+        message.body,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        content_type=message.content_type,
+        timestamp=message.timestamp,
+        headers={**own_headers(message.headers), **(headers or {})},
+        expiration=expiration,
+    )
 
 
 def retry_attempt(message: AbstractIncomingMessage) -> int:
@@ -282,16 +303,7 @@ class Publisher:
         *,
         expiration: float | None,
     ) -> None:
-        copy = aio_pika.Message(
-            message.body,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            content_type=message.content_type,
-            timestamp=message.timestamp,
-            headers={**own_headers(message.headers), **headers},
-            expiration=expiration,
-        )
+        copy = copy_of(message, headers, expiration=expiration)
         try:
             await asyncio.wait_for(self._ensure_exchange(), self._timeout)
             assert self._channel is not None
@@ -319,9 +331,6 @@ MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 # How long a finished delivery may wait to be acked together with others (civicline.common.acks).
 ACK_LINGER = 0.005
-# Seconds a message may be held through an outage before it is parked in a delay queue: well
-# within RabbitMQ's default consumer_timeout of 30 minutes (Settings.park_after).
-PARK_AFTER = 600.0
 
 
 @dataclass(slots=True)
@@ -362,11 +371,12 @@ class Consumer:
     of finished deliveries (civicline.common.acks); with 0 they go at the loop's next turn.
     What is published downstream is not delayed by it, only the prefetch slot.
 
-    A message held through an outage for `park_after` seconds is handed to `park` (a copy
-    into the queue's delay queue) and acked: RabbitMQ takes back a delivery left unacked for
-    its `consumer_timeout` (30 min by default) by closing the channel, and before 4.3 every
-    such return counts toward the delivery limit, so work held through a long outage would be
-    dead-lettered instead of done. Waiting on `UpstreamPaused` keeps the consumer ready.
+    A message held through an outage for `park_after` seconds (Settings.park_after) is handed
+    to `park` (a copy into the queue's delay queue) and acked: RabbitMQ takes back a delivery
+    left unacked for its `consumer_timeout` (30 min by default) by closing the channel, and
+    before 4.3 every such return counts toward the delivery limit, so work held through a long
+    outage would be dead-lettered instead of done. Waiting on `UpstreamPaused` keeps the
+    consumer ready.
     """
 
     def __init__(
@@ -380,7 +390,7 @@ class Consumer:
         max_outage_backoff: float = 5.0,
         ack_linger: float = ACK_LINGER,
         park: Callable[[AbstractIncomingMessage], Awaitable[None]] | None = None,
-        park_after: float = PARK_AFTER,
+        park_after: float = math.inf,
     ) -> None:
         self._broker = broker
         self._spec = spec

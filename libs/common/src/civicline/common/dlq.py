@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from civicline.common.amqp import own_headers
+from civicline.common.amqp import copy_of
 from civicline.common.settings import Settings, SettingsError, redact_url
 from civicline.common.topology import QUEUES, declare
 
@@ -64,17 +64,8 @@ async def replay(channel: AbstractChannel, queue: str, *, limit: int | None = No
 
 
 async def _put_back(channel: AbstractChannel, message: AbstractIncomingMessage, queue: str) -> None:
-    copy = aio_pika.Message(
-        message.body,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        content_type=message.content_type,
-        timestamp=message.timestamp,
-        headers=own_headers(message.headers),  # a new message: not the broker's headers
-    )
     # The default exchange routes to the queue alone: a replay is not audited or routed twice.
-    await channel.default_exchange.publish(copy, queue, mandatory=True)
+    await channel.default_exchange.publish(copy_of(message), queue, mandatory=True)
 
 
 def _parser() -> argparse.ArgumentParser:
